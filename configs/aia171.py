@@ -1,0 +1,299 @@
+"""Class-conditional DDPM of SDO/AIA 171 A images by GOES flare class.
+
+Presets are chosen with the config string, e.g.
+    python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=/tmp/demo
+
+  paper       (default) the published model of Ramunno et al. 2024: 64x64, 1 channel, ~23.3 M
+              parameters, T=1000 linear betas, CFG w=3. Needs a GPU/TPU and the real data set.
+  demo        the embedded default: a synthetic AIA-like archive built on first use, a small UNet
+              at 32 px; trains, samples a grid per class and writes a report in minutes
+              on 2 CPU cores.
+  test        tiny shapes for unit tests (seconds).
+  res128, res256, res512   the paper network family at higher resolution (modern residual blocks,
+              attention only at <= 32 px, bf16 compute).
+  multichannel             several AIA channels (171, 193, 211, 304 A) as image channels.
+  modern      the 64 px model with residual scale/shift blocks instead of the paper's DoubleConv.
+"""
+
+import ml_collections
+
+PRESETS = ("paper", "demo", "test", "res128", "res256", "res512", "multichannel", "modern")
+
+
+def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
+  """Returns the configuration for `preset` (one of PRESETS)."""
+  preset = preset or "paper"
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+  config = ml_collections.ConfigDict()
+  config.preset = preset  # Name of the preset this config came from (recorded in reports).
+  config.seed = 0  # Seed of parameter init, noise, label dropout and data order.
+
+  # ----------------------------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  data.source = "manual"  # "manual": FITS + GOES files in data.manual_dir; "synthetic": generated.
+  data.dataset_name = "aia_flares"  # TFDS builder name (tfds_aia package).
+  data.data_dir = ""  # TFDS data dir; "" means $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  data.manual_dir = ""  # Folder with AIA FITS files and GOES XRS files (see README).
+  data.hek_events = ""  # Saved HEK flare event list (JSON/CSV); "" = label by GOES flux only.
+  data.resolution = 64  # Image height and width in pixels after downsampling.
+  data.channels = (171,)  # AIA wavelengths in Angstrom, one image channel each.
+  data.downsample = "sum"  # "sum": SDOML-style block sums; "resize": area-averaging resize.
+  data.dn_ceiling = (3000.0,)  # Per-channel clip ceiling in DN/s/pixel at full resolution.
+  data.stretch = "log"  # "log" or "asinh": the map from [0, ceiling] DN/s to [-1, 1].
+  data.asinh_a = 0.01  # Softening of the asinh stretch (fraction of the ceiling).
+  data.register = False  # Level 1 -> 1.5 with aiapy (when installed and the header allows).
+  data.degradation_table = ""  # aiapy correction table file; "" = no degradation correction.
+  data.goes_scaling = "science"  # GOES flux policy: "science" (true flux) or "noaa_0.7" (old NOAA).
+  data.forecast_window_hours = 24.0  # Window after the image for the peak-class forecast label.
+  data.train_end = "2014-01-01"  # Images before this time are training data (UTC, ISO).
+  data.val_end = "2015-01-01"  # Images in [train_end, val_end) validate; later ones test.
+  data.split_gap_hours = 12.0  # Frames this close to a split boundary are dropped (no leakage).
+  data.label = "flare_class"  # Conditioning label: "flare_class" (paper) or "forecast_class".
+  data.class_balanced = False  # Sample classes uniformly instead of by frequency.
+  data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
+  data.prefetch = 2  # Batches prefetched onto the devices.
+  data.file_format = "tfrecord"  # "tfrecord" or "array_record".
+  data.num_workers = 0  # Processes that preprocess FITS files in the build; 0 = all cores.
+  data.max_in_flight = 4  # Decoded full-resolution images in flight per build (memory bound).
+  # Synthetic archive (data.source == "synthetic"): an AIA-like archive with a consistent GOES file.
+  data.synthetic = ml_collections.ConfigDict()
+  data.synthetic.num_images = 600  # FITS files written.
+  data.synthetic.image_size = 256  # Full-disc size in pixels of the written FITS files.
+  data.synthetic.class_weights = (0.3, 0.3, 0.25, 0.1, 0.05)  # Fractions of A, B, C, M, X.
+  data.synthetic.start = "2012-01-01"  # First observation time; cadence spreads over 3 years.
+  data.synthetic.seed = 1  # Seed of the archive (independent of training seeds).
+
+  # ---------------------------------------------------------------------------------- model
+  model = config.model = ml_collections.ConfigDict()
+  model.block_style = "paper"  # "paper": DoubleConv blocks of the publication; "modern": ResBlocks.
+  model.image_size = 64  # Input resolution (independent of width, unlike the original code).
+  model.in_channels = 1  # Image channels (= len(data.channels)).
+  model.out_channels = 1  # Predicted channels (eps, x0 or v of each image channel).
+  model.base_channels = 64  # Width of the first level.
+  model.channel_mult = (1, 2, 4, 4)  # Width multipliers per level (64/128/256/256 for the paper).
+  model.bottleneck_mult = 8  # Bottleneck width multiplier (512 for the paper).
+  model.num_res_blocks = 2  # Residual blocks per level (modern style; paper style is fixed).
+  model.attention_resolutions = (64, 32, 16, 8)  # Resolutions (px) that get self-attention.
+  model.num_heads = 4  # Attention heads.
+  model.attention_impl = "auto"  # "auto", "xla", "cudnn", "blockwise" (chunked, CPU-friendly).
+  model.attention_chunk = 512  # Query chunk of the blockwise attention.
+  model.dropout = 0.0  # Dropout rate inside blocks.
+  model.time_embed_dim = 256  # Sinusoidal time embedding width.
+  model.num_classes = 5  # Flare classes A, B, C, M, X; index num_classes is the null class (CFG).
+  model.dtype = "float32"  # Compute dtype ("bfloat16" on GPU/TPU).
+  model.param_dtype = "float32"  # Parameter dtype (master weights).
+  model.remat = False  # Rematerialise blocks in the backward pass (saves memory at 256/512 px).
+  model.faithful = False  # Paper quirks (align-corners upsampling etc.) where they change results.
+
+  # ------------------------------------------------------------------------------ diffusion
+  diffusion = config.diffusion = ml_collections.ConfigDict()
+  diffusion.num_timesteps = 1000  # T; timesteps are 0..T-1.
+  diffusion.beta_schedule = "linear"  # "linear" or "cosine".
+  diffusion.beta_start = 1e-4  # First beta of the linear schedule.
+  diffusion.beta_end = 0.02  # Last beta of the linear schedule.
+  diffusion.prediction = "eps"  # Network target: "eps", "x0" or "v".
+  diffusion.loss = "mse"  # Loss on the prediction: "mse" or "l1".
+  diffusion.label_dropout = 0.1  # Probability that a label is replaced by the null class (CFG).
+  diffusion.per_sample_dropout = True  # False: the paper's whole-batch dropout.
+  diffusion.faithful_timesteps = False  # True: sample t in 1..T-1 like the original code.
+
+  # ------------------------------------------------------------------------------- training
+  training = config.training = ml_collections.ConfigDict()
+  training.batch_size = 64  # Global batch size (split over all devices and processes).
+  training.num_train_steps = 200_000  # Optimiser steps.
+  training.learning_rate = 3e-4  # Peak learning rate of AdamW.
+  training.lr_schedule = "constant"  # "constant" or "cosine" (after warm-up).
+  training.warmup_steps = 1000  # Linear warm-up steps.
+  training.weight_decay = 0.01  # AdamW weight decay (PyTorch's AdamW default).
+  training.grad_clip_norm = 1.0  # Global gradient-norm clip; 0 disables.
+  training.ema_decay = 0.995  # EMA decay of the parameters used for sampling.
+  training.ema_warmup_steps = 0  # EMA decay ramps as min(decay, (1+s)/(10+s)) for this many steps.
+  training.log_every_steps = 100  # Metrics to TensorBoard and the console.
+  training.checkpoint_every_steps = 5000  # Orbax checkpoint cadence.
+  training.keep_checkpoints = 3  # Checkpoints kept (plus the best by eval loss).
+  training.eval_every_steps = 5000  # Validation loss cadence.
+  training.sample_every_steps = 10_000  # EMA sample grid (one row per class) cadence.
+  training.sample_steps = 50  # DDIM steps of the periodic sample grids.
+  training.profile = False  # Capture a jax.profiler trace of a few steps.
+
+  # ------------------------------------------------------------------------------- sampling
+  sampling = config.sampling = ml_collections.ConfigDict()
+  sampling.sampler = "ddpm"  # "ddpm" (ancestral), "ddim" or "dpm_solver++".
+  sampling.num_steps = 1000  # Steps (ddpm uses all T; ddim/dpm_solver++ stride over them).
+  sampling.guidance_scale = 3.0  # CFG w: eps = eps_uncond + w (eps_cond - eps_uncond).
+  sampling.ddpm_variance = "beta"  # "beta" (sigma^2 = beta_t, the paper) or "posterior".
+  sampling.eta = 0.0  # DDIM stochasticity (0 = deterministic).
+  sampling.clip_x0 = False  # Clip predicted x0 to [-1, 1] at each step.
+  sampling.classes = "A,B,C,M,X"  # Flare classes to sample.
+  sampling.num_per_class = 16  # Images per class.
+  sampling.batch_size = 64  # Images per sharded batch.
+  sampling.seed = 0  # Sampling seed (same seed, same images).
+  sampling.checkpoint_step = -1  # Checkpoint to sample from; -1 = latest.
+  sampling.use_ema = True  # Sample with EMA parameters.
+  sampling.write_fits = True  # One FITS file per image in DN/s.
+
+  # ----------------------------------------------------------------------------- evaluation
+  evaluation = config.evaluation = ml_collections.ConfigDict()
+  evaluation.samples_npz = ""  # Evaluate these samples; "" = sample from the checkpoint.
+  evaluation.num_samples_per_class = 100  # Generated images per class for the metrics.
+  evaluation.real_split = "test"  # Real split the samples are compared with.
+  evaluation.extractors = ("domain",)  # Any of "inception", "clip", "domain".
+  evaluation.inception_weights = ""  # pt_inception-2015-12-05 .pth or jax-fid .npz/pickle.
+  evaluation.clip_weights = ""  # openai/clip-vit-base-patch32 model.safetensors.
+  evaluation.domain_checkpoint = ""  # Flare classifier checkpoint dir; "" = <workdir>/classifier.
+  evaluation.batch_size = 64  # Feature extraction batch size.
+  evaluation.kid_subset_size = 1000  # KID subset size (clipped to the sample count).
+  evaluation.kid_subsets = 100  # KID subsets.
+  evaluation.pr_k = 5  # k of the k-NN manifolds (precision/recall, density/coverage).
+  evaluation.num_clusters = 20  # k-means clusters on real features (NDB, JS divergence).
+  evaluation.bootstrap = 200  # Bootstrap resamples for confidence intervals.
+  evaluation.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # Conditioning-accuracy sweep.
+
+  # ----------------------------------------------------------------------------- classifier
+  classifier = config.classifier = ml_collections.ConfigDict()
+  classifier.label = "flare_class"  # "flare_class" (A..X) or "forecast_binary" (>= M).
+  classifier.widths = (32, 64, 128, 256)  # ResNet stage widths.
+  classifier.blocks_per_stage = 2  # Residual blocks per stage.
+  classifier.batch_size = 64  # Global batch size.
+  classifier.num_train_steps = 3000  # Steps per run.
+  classifier.learning_rate = 1e-3  # AdamW peak learning rate.
+  classifier.weight_decay = 1e-4  # AdamW weight decay.
+  classifier.seeds = (0, 1, 2)  # Seeds of each arm of the experiment.
+  classifier.arms = ("real", "rebalanced", "synthetic")  # Arms of the augmentation experiment.
+  classifier.num_synthetic_per_class = 500  # Generated images added per minority class.
+  classifier.synthetic_classes = "M,X"  # Classes that receive generated images.
+  classifier.diffusion_checkpoint = ""  # Workdir of the diffusion model; "" = this workdir.
+
+  # ----------------------------------------------------------------------- mesh and hosts
+  mesh = config.mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # Devices on the data axis; -1 = all devices / fsdp.
+  mesh.fsdp = 1  # Devices on the fsdp axis (parameters sharded over it).
+  mesh.distributed = "auto"  # "auto" (from the environment), "on" or "off": jax.distributed.
+  mesh.coordinator_address = ""  # host:port of process 0, when not in the environment.
+  mesh.num_processes = 0  # Processes in the job, when not in the environment.
+  mesh.process_id = -1  # This process, when not in the environment.
+  mesh.compilation_cache_dir = ""  # Persistent jit cache ("" = off).
+
+  return _PRESET_OVERRIDES[preset](config)
+
+
+def _paper(config):
+  return config
+
+
+def _modern(config):
+  config.model.block_style = "modern"
+  config.model.attention_resolutions = (16, 8)
+  return config
+
+
+def _demo(config):
+  """Minutes on 2 CPU cores on the synthetic archive."""
+  config.data.source = "synthetic"
+  config.data.resolution = 32
+  config.data.train_end = "2014-01-01"
+  config.data.val_end = "2014-07-01"
+  config.data.shuffle_buffer = 512
+  config.model.image_size = 32
+  config.model.base_channels = 32
+  config.model.channel_mult = (1, 2, 2)
+  config.model.bottleneck_mult = 4
+  config.model.attention_resolutions = (8,)
+  config.model.time_embed_dim = 128
+  config.training.batch_size = 32
+  config.training.num_train_steps = 1500
+  config.training.learning_rate = 1e-3
+  config.training.warmup_steps = 100
+  config.training.ema_decay = 0.99
+  config.training.log_every_steps = 50
+  config.training.checkpoint_every_steps = 500
+  config.training.eval_every_steps = 500
+  config.training.sample_every_steps = 750
+  config.training.sample_steps = 25
+  config.sampling.sampler = "dpm_solver++"
+  config.sampling.num_steps = 20
+  config.sampling.num_per_class = 8
+  config.sampling.batch_size = 40
+  config.evaluation.num_samples_per_class = 32
+  config.evaluation.bootstrap = 50
+  config.evaluation.guidance_scales = (0.0, 3.0)
+  config.classifier.widths = (16, 32, 64)
+  config.classifier.blocks_per_stage = 1
+  config.classifier.num_train_steps = 400
+  config.classifier.seeds = (0, 1)
+  config.classifier.num_synthetic_per_class = 64
+  return config
+
+
+def _test(config):
+  """Seconds: the smallest network that exercises every code path."""
+  config = _demo(config)
+  config.data.resolution = 16
+  config.data.synthetic.num_images = 48
+  config.data.synthetic.image_size = 64
+  config.model.image_size = 16
+  config.model.base_channels = 8
+  config.model.channel_mult = (1, 2)
+  config.model.bottleneck_mult = 2
+  config.model.attention_resolutions = (8,)
+  config.model.num_heads = 2
+  config.model.time_embed_dim = 16
+  config.diffusion.num_timesteps = 100
+  config.training.batch_size = 8
+  config.training.num_train_steps = 10
+  config.training.warmup_steps = 2
+  config.training.log_every_steps = 2
+  config.training.checkpoint_every_steps = 5
+  config.training.eval_every_steps = 5
+  config.training.sample_every_steps = 10
+  config.training.sample_steps = 4
+  config.sampling.num_steps = 4
+  config.sampling.num_per_class = 2
+  config.sampling.batch_size = 8
+  config.evaluation.num_samples_per_class = 4
+  config.evaluation.bootstrap = 5
+  config.evaluation.kid_subset_size = 8
+  config.evaluation.kid_subsets = 5
+  config.evaluation.num_clusters = 3
+  config.classifier.widths = (8, 16)
+  config.classifier.num_train_steps = 10
+  config.classifier.batch_size = 8
+  config.classifier.seeds = (0,)
+  config.classifier.num_synthetic_per_class = 4
+  return config
+
+
+def _high_res(resolution):
+  def override(config):
+    config.data.resolution = resolution
+    config.model.image_size = resolution
+    config.model.block_style = "modern"
+    config.model.channel_mult = {128: (1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4),
+                                 512: (1, 1, 2, 2, 4, 4, 4)}[resolution]
+    config.model.attention_resolutions = (32, 16, 8)
+    config.model.dtype = "bfloat16"
+    config.model.remat = resolution >= 256
+    config.training.batch_size = {128: 64, 256: 32, 512: 16}[resolution]
+    return config
+  return override
+
+
+def _multichannel(config):
+  config.data.channels = (171, 193, 211, 304)
+  config.data.dn_ceiling = (3000.0, 6000.0, 3000.0, 1000.0)
+  config.model.in_channels = 4
+  config.model.out_channels = 4
+  return config
+
+
+_PRESET_OVERRIDES = {
+    "paper": _paper,
+    "modern": _modern,
+    "demo": _demo,
+    "test": _test,
+    "res128": _high_res(128),
+    "res256": _high_res(256),
+    "res512": _high_res(512),
+    "multichannel": _multichannel,
+}

@@ -1,0 +1,1 @@
+"""The flare classifier and the synthetic-augmentation experiment."""

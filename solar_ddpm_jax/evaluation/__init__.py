@@ -1,0 +1,1 @@
+"""Feature extractors and metrics for generated solar images."""

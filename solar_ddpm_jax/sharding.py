@@ -1,0 +1,114 @@
+"""Device mesh, shardings and multi-host start-up.
+
+Parallelism is `jax.jit` over a `Mesh` with two axes: `data` (batch) and `fsdp` (parameters sharded
+over devices, and the batch too). Multi-host jobs (TPU pods, multi-GPU nodes) call
+`maybe_initialize_distributed` first; each process then feeds its own slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXES = ("data", "fsdp")  # The batch dimension is split over both axes.
+
+_ENV_HINTS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+              "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(mesh_config) -> bool:
+  """Calls `jax.distributed.initialize` when the config or the environment asks for it.
+
+  Returns True when this is a multi-process job. Must run before anything touches a device.
+  """
+  mode = mesh_config.get("distributed", "auto")
+  if mode == "off":
+    return False
+  explicit = bool(mesh_config.get("coordinator_address"))
+  if mode == "auto" and not explicit and not any(os.environ.get(k) for k in _ENV_HINTS):
+    return False
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=mesh_config.coordinator_address,
+                  num_processes=int(mesh_config.num_processes),
+                  process_id=int(mesh_config.process_id))
+  try:
+    jax.distributed.initialize(**kwargs)
+  except RuntimeError as e:  # Already initialised by the launcher.
+    if "already" not in str(e).lower():
+      raise
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return jax.process_count() > 1
+
+
+def create_mesh(mesh_config=None, devices=None) -> Mesh:
+  """A (data, fsdp) mesh over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  fsdp = int(mesh_config.get("fsdp", 1)) if mesh_config is not None else 1
+  data = int(mesh_config.get("data", -1)) if mesh_config is not None else -1
+  if data == -1:
+    if len(devices) % fsdp:
+      raise ValueError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices.")
+    data = len(devices) // fsdp
+  if data * fsdp != len(devices):
+    raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} != {len(devices)} devices.")
+  try:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
+  except Exception:  # Virtual CPU devices and odd shapes: plain order.
+    grid = np.asarray(devices).reshape(data, fsdp)
+  return Mesh(grid, DATA_AXES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays held whole on every device (step counters, small parameters)."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
+  """Sharding of a batch: the leading dimension split over (data, fsdp)."""
+  return NamedSharding(mesh, P(DATA_AXES, *([None] * (ndim - 1))))
+
+
+def fsdp_sharding(mesh: Mesh, shape, min_size: int = 2**14) -> NamedSharding:
+  """Shards the largest dimension divisible by the fsdp axis; small arrays stay replicated."""
+  n = mesh.shape["fsdp"]
+  if n == 1 or int(np.prod(shape)) < min_size:
+    return replicated(mesh)
+  for axis in np.argsort(shape)[::-1]:
+    if shape[axis] % n == 0:
+      spec = [None] * len(shape)
+      spec[axis] = "fsdp"
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
+
+
+def param_shardings(mesh: Mesh, abstract_tree):
+  """Shardings for a parameter pytree (from `jax.eval_shape`): fsdp where configured."""
+  return jax.tree.map(lambda x: fsdp_sharding(mesh, x.shape), abstract_tree)
+
+
+def shard_batch(mesh: Mesh, local_batch):
+  """Global jax.Arrays from this process's slice of the batch (a pytree of numpy arrays)."""
+  def put(x):
+    x = np.asarray(x)
+    sharding = batch_sharding(mesh, x.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+  return jax.tree.map(put, local_batch)
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+  """This process's share of the global batch; raises if it does not divide evenly."""
+  if global_batch_size % jax.device_count():
+    raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
+                     f"{jax.device_count()} devices.")
+  return global_batch_size // jax.process_count()
