@@ -45,6 +45,12 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.register = False  # Level 1 -> 1.5 with aiapy (when installed and the header allows).
   data.degradation_table = ""  # aiapy correction table file; "" = no degradation correction.
   data.goes_scaling = "science"  # GOES flux policy: "science" (true flux) or "noaa_0.7" (old NOAA).
+  data.goes_tolerance_s = 60.0  # Largest distance (s) to a valid GOES sample at the image time.
+  data.max_nan_fraction = 0.0  # Images with more NaN/inf pixels are skipped (fewer are set to 0).
+  data.allowed_quality = 0  # Bits of the AIA QUALITY keyword that are tolerated (0: none).
+  data.channel_match_s = 60.0  # Channels of one multichannel frame lie this close in time (s).
+  data.hek_window_minutes = 30.0  # With hek_events: >= hek_min_class frames this near a peak.
+  data.hek_min_class = "M"  # With hek_events: classes that must be near a HEK flare peak.
   data.forecast_window_hours = 24.0  # Window after the image for the peak-class forecast label.
   data.train_end = "2014-01-01"  # Images before this time are training data (UTC, ISO).
   data.val_end = "2015-01-01"  # Images in [train_end, val_end) validate; later ones test.
@@ -63,6 +69,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.synthetic.class_weights = (0.3, 0.3, 0.25, 0.1, 0.05)  # Fractions of A, B, C, M, X.
   data.synthetic.start = "2012-01-01"  # First observation time; cadence spreads over 3 years.
   data.synthetic.seed = 1  # Seed of the archive (independent of training seeds).
+  data.synthetic.compress = False  # Rice-compress the FITS files (as AIA ships them; slower).
 
   # ---------------------------------------------------------------------------------- model
   model = config.model = ml_collections.ConfigDict()
@@ -115,6 +122,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   training.eval_every_steps = 5000  # Validation loss cadence.
   training.sample_every_steps = 10_000  # EMA sample grid (one row per class) cadence.
   training.sample_steps = 50  # DDIM steps of the periodic sample grids.
+  training.grid_per_class = 4  # Images per flare class (one row each) in the periodic grids.
+  training.eval_batches = 4  # Validation batches per eval (fixed noise keys: comparable evals).
   training.profile = False  # Capture a jax.profiler trace of a few steps.
 
   # ------------------------------------------------------------------------------- sampling
@@ -149,6 +158,10 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   evaluation.num_clusters = 20  # k-means clusters on real features (NDB, JS divergence).
   evaluation.bootstrap = 200  # Bootstrap resamples for confidence intervals.
   evaluation.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # Conditioning-accuracy sweep.
+  evaluation.features_dir = ""  # Where export_features writes; "" = <workdir>/features.
+  evaluation.pr_max_count = 10_000  # Precision/recall use at most this many images per set.
+  evaluation.bright_quantile = 0.99  # Bright-region threshold: this quantile of real DN/s pixels.
+  evaluation.classifier_checkpoint = ""  # Real-only classifier; "" = <workdir>/classifier.
 
   # ----------------------------------------------------------------------------- classifier
   classifier = config.classifier = ml_collections.ConfigDict()
@@ -164,6 +177,16 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   classifier.num_synthetic_per_class = 500  # Generated images added per minority class.
   classifier.synthetic_classes = "M,X"  # Classes that receive generated images.
   classifier.diffusion_checkpoint = ""  # Workdir of the diffusion model; "" = this workdir.
+  classifier.eval_every_steps = 100  # Validation macro-F1 cadence (model selection on validation).
+  classifier.log_every_steps = 50  # Loss logging cadence.
+  classifier.max_rotation_deg = 10.0  # Augmentation: random rotation about the disc centre (deg).
+  classifier.flip_ew = False  # Augmentation: east-west flips (reverse solar rotation; debatable).
+  classifier.flip_ns = False  # Augmentation: north-south flips (swap hemispheres; debatable).
+  classifier.oversample = True  # Rebalanced arm: draw classes uniformly.
+  classifier.class_weights = False  # Rebalanced arm: inverse-frequency loss weights as well.
+  classifier.synthetic_sampler = "dpm_solver++"  # Fast sampler for the generated images.
+  classifier.synthetic_steps = 20  # Sampler steps for the generated images.
+  classifier.synthetic_guidance = 3.0  # CFG scale of the generated images.
 
   # ----------------------------------------------------------------------- mesh and hosts
   mesh = config.mesh = ml_collections.ConfigDict()
@@ -195,6 +218,7 @@ def _demo(config):
   config.data.train_end = "2014-01-01"
   config.data.val_end = "2014-07-01"
   config.data.shuffle_buffer = 512
+  config.data.num_workers = 1  # Small frames: one process is faster than starting a pool.
   config.model.image_size = 32
   config.model.base_channels = 32
   config.model.channel_mult = (1, 2, 2)
@@ -248,6 +272,8 @@ def _test(config):
   config.training.eval_every_steps = 5
   config.training.sample_every_steps = 10
   config.training.sample_steps = 4
+  config.training.grid_per_class = 2
+  config.training.eval_batches = 1
   config.sampling.num_steps = 4
   config.sampling.num_per_class = 2
   config.sampling.batch_size = 8
@@ -261,6 +287,8 @@ def _test(config):
   config.classifier.batch_size = 8
   config.classifier.seeds = (0,)
   config.classifier.num_synthetic_per_class = 4
+  config.classifier.eval_every_steps = 5  # Two validation checks per run.
+  config.classifier.synthetic_steps = 4  # Fast sampling in tests.
   return config
 
 

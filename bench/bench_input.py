@@ -1,0 +1,124 @@
+"""Input pipeline time per batch against the train step time: does the data keep up?
+
+  python bench/bench_input.py [--quick] [--preset paper] [--batch 8] [--batches 20]
+
+On the synthetic AIA archive (built once, then reused from the TFDS data dir): the time to build
+and to load the split, then per global batch
+  - producer: input_pipeline.local_batch + sharding.shard_batch (the work behind every batch),
+  - iterator: next() of input_pipeline.create_train_iterator (with its background prefetch),
+  - step: the jitted train step of the same preset and batch on a fixed batch,
+  - loop: the train step fed by the iterator; loop - step is the time the device waits for data.
+Prints; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+def _measure(args) -> list[list[str]]:
+  import jax
+
+  sys.path.insert(0, common.REPO)
+  from solar_ddpm_jax import input_pipeline, sharding
+  dtype = "float32" if jax.default_backend() == "cpu" else None
+  config = common.bench_config(args.preset, batch_size=args.batch, dtype=dtype)
+  with config.unlocked():
+    config.data.source = "synthetic"
+    config.data.synthetic.num_images = args.num_images
+    if args.data_dir:
+      config.data.data_dir = args.data_dir
+  mesh = sharding.create_mesh(config.mesh)
+  t0 = time.perf_counter()
+  input_pipeline.build_dataset(config)
+  build_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  arrays = input_pipeline.load_split_arrays(config, "train")
+  load_s = time.perf_counter() - t0
+  n = args.batches
+
+  t0 = time.perf_counter()
+  for step in range(n):
+    jax.block_until_ready(sharding.shard_batch(
+        mesh, input_pipeline.local_batch(arrays, config, step)))
+  producer_s = (time.perf_counter() - t0) / n
+
+  iterator = input_pipeline.create_train_iterator(config, mesh)
+  jax.block_until_ready(next(iterator))
+  t0 = time.perf_counter()
+  for _ in range(n):
+    jax.block_until_ready(next(iterator))
+  iterator_s = (time.perf_counter() - t0) / n
+
+  rows = [["producer (local_batch + shard_batch)", f"{producer_s * 1e3:.2f}"],
+          ["iterator next() (prefetched)", f"{iterator_s * 1e3:.2f}"]]
+  num_train = len(arrays["flare_class"])
+  print(f"dataset: {num_train} training frames of {int(config.data.resolution)} px; build "
+        f"{build_s:.1f} s (0 when already built), load split {load_s:.2f} s", flush=True)
+  try:
+    from solar_ddpm_jax import diffusion, train, unet
+  except ImportError as e:  # The model is not importable: the pipeline figures alone.
+    print(f"no train step ({e}); pipeline figures only")
+    return [row + ["-"] for row in rows]
+  apply_fn = train.make_apply_fn(unet.create_model(config.model))
+  schedule = diffusion.make_schedule(config.diffusion)
+  state, shardings = train.create_train_state(config, mesh)
+  step_fn = train.jit_train_step(train.make_train_step(config, apply_fn, schedule), mesh,
+                                 shardings)
+  fixed = next(iterator)
+  state, metrics = step_fn(state, fixed)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = step_fn(state, fixed)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - t0) / args.steps
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = step_fn(state, next(iterator))
+  jax.block_until_ready(metrics)
+  loop_s = (time.perf_counter() - t0) / args.steps
+  return [
+      ["producer (local_batch + shard_batch)", f"{producer_s * 1e3:.2f}",
+       f"{100 * producer_s / step_s:.2f}%"],
+      ["iterator next() (prefetched)", f"{iterator_s * 1e3:.2f}",
+       f"{100 * iterator_s / step_s:.2f}%"],
+      ["train step, fixed batch", f"{step_s * 1e3:.1f}", "100%"],
+      ["train step fed by the iterator", f"{loop_s * 1e3:.1f}", f"{100 * loop_s / step_s:.1f}%"],
+      ["device wait for data (loop - step)", f"{(loop_s - step_s) * 1e3:.1f}",
+       f"{100 * (loop_s - step_s) / step_s:.1f}%"],
+  ]
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  common.add_common_args(ap)
+  ap.add_argument("--preset", default=None, help="config preset (default paper; quick demo)")
+  ap.add_argument("--batch", type=int, default=8, help="global batch size")
+  ap.add_argument("--batches", type=int, default=None, help="batches timed (default 50; quick 10)")
+  ap.add_argument("--steps", type=int, default=None, help="train steps timed (default 3; quick 2)")
+  ap.add_argument("--num_images", type=int, default=None,
+                  help="frames of the synthetic archive (default 600; quick 120)")
+  ap.add_argument("--data_dir", default="", help="TFDS data dir (default: the config's)")
+  args = ap.parse_args()
+  common.configure_threads(args.threads)
+  args.preset = args.preset or ("demo" if args.quick else "paper")
+  args.batches = args.batches or (10 if args.quick else 50)
+  args.steps = args.steps or (2 if args.quick else 3)
+  args.num_images = args.num_images or (120 if args.quick else 600)
+  common.header("Input pipeline vs train step", args)
+  print(f"preset {args.preset}; global batch {args.batch}", flush=True)
+  rows = _measure(args)
+  print()
+  common.print_table(["per batch", "ms", "of the step time"], rows)
+  print(f"after the run: {common.load_average()}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,113 @@
+"""Orbax checkpoints of the TrainState: async saves, last N + best by eval loss, sharded restores.
+
+A checkpoint holds the whole TrainState and a small JSON record of the data position. The input
+pipeline is a pure function of (seed, step), so the step is the data position: a restored run
+restarts its iterator at `start_step=step` and sees the same batches as an uninterrupted run.
+Restores take target shardings, so a run saved on 8 devices resumes on 4 (or on a pod).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as ocm
+
+BEST_METRIC = "eval_loss"  # Metric that picks the best checkpoint (lower is better).
+
+
+def _best_metric(metrics) -> float:
+  return float(metrics[BEST_METRIC])
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Where the checkpoints of a workdir live."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def create_manager(workdir: str, training_config=None, *,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """CheckpointManager under <workdir>/checkpoints: async, keeps the last N and the best eval."""
+  keep = int(training_config.keep_checkpoints) if training_config is not None else 3
+  preservation = ocm.AnyPreservationPolicy([
+      ocm.LatestN(n=keep),
+      ocm.BestN(get_metric_fn=_best_metric, reverse=True, n=1,
+                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=preservation,
+      best_fn=_best_metric, best_mode="min",  # For best_step(); retention is the policy above.
+      enable_async_checkpointing=True,
+      create=not read_only,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+  )
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
+         data_seed: int = 0, force: bool = False) -> bool:
+  """Starts an async save of `state` at its step (collective: every process calls it)."""
+  step = int(jax.device_get(state.step))
+  if step in manager.all_steps():
+    return False
+  data = {"step": step, "data_seed": int(data_seed)}
+  if metrics is not None:
+    metrics = {k: float(v) for k, v in metrics.items()}
+  saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     data=ocp.args.JsonSave(data)),
+                       metrics=metrics, force=force)
+  if saved:
+    logging.info("Checkpoint of step %d started (async).", step)
+  return saved
+
+
+def abstract_with_shardings(abstract_state, shardings):
+  """ShapeDtypeStructs carrying the target shardings: what a sharded restore needs."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_state, shardings)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """(state, data record) of `step` (None = latest), laid out as `abstract_state` says."""
+  if step is None or step < 0:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored["state"], dict(restored["data"] or {"step": step})
+
+
+def restore_params(config, workdir: str, step: int = -1, ema: bool = True):
+  """Parameters (EMA by default) of a checkpoint, replicated over all devices of this job."""
+  return restore_params_and_step(config, workdir, step, ema)[0]
+
+
+def restore_params_and_step(config, workdir: str, step: int = -1, ema: bool = True):
+  """(parameters, checkpoint step) of `step` (-1 = latest), replicated over all devices."""
+  from solar_ddpm_jax import sharding, train_state
+  mesh = sharding.create_mesh(config.mesh)
+  abstract = train_state.abstract_state(config)
+  target = abstract_with_shardings(abstract,
+                                   jax.tree.map(lambda _: sharding.replicated(mesh), abstract))
+  manager = create_manager(workdir, read_only=True)
+  try:
+    state, _ = restore(manager, target, None if step < 0 else step)
+  finally:
+    manager.close()
+  return (state.ema_params if ema else state.params), int(jax.device_get(state.step))
+
+
+def latest_step(workdir: str) -> int | None:
+  """Step of the newest finished checkpoint of a workdir, None when there is none."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  manager = create_manager(workdir, read_only=True)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()

@@ -1,0 +1,99 @@
+"""Classification and flare-forecasting scores: F1, precision, recall, confusion, TSS, HSS."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+  """Counts [num_classes, num_classes]: row = true class, column = predicted class."""
+  y_true = np.asarray(y_true, np.int64).ravel()
+  y_pred = np.asarray(y_pred, np.int64).ravel()
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (y_true, y_pred), 1)
+  return cm
+
+
+def _safe_div(num, den):
+  num = np.asarray(num, np.float64)
+  den = np.asarray(den, np.float64)
+  return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+  """Precision, recall, F1 and support per class (0 where undefined, as scikit-learn)."""
+  tp = np.diag(cm).astype(np.float64)
+  predicted = cm.sum(axis=0)
+  support = cm.sum(axis=1)
+  precision = _safe_div(tp, predicted)
+  recall = _safe_div(tp, support)
+  f1 = _safe_div(2 * tp, predicted + support)
+  return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def binary_contingency(y_true, y_pred, threshold: int) -> dict[str, int]:
+  """TP/FP/FN/TN of the event "class index >= threshold" (e.g. 3 for >= M, 2 for >= C)."""
+  t = np.asarray(y_true) >= threshold
+  p = np.asarray(y_pred) >= threshold
+  return {"tp": int(np.sum(t & p)), "fp": int(np.sum(~t & p)), "fn": int(np.sum(t & ~p)),
+          "tn": int(np.sum(~t & ~p))}
+
+
+def tss(tp, fp, fn, tn) -> float:
+  """True skill statistic: TP/(TP+FN) - FP/(FP+TN); a term with an empty denominator is 0."""
+  return float(_safe_div(tp, tp + fn) - _safe_div(fp, fp + tn))
+
+
+def hss(tp, fp, fn, tn) -> float:
+  """Heidke skill score 2(TP TN - FP FN) / ((TP+FN)(FN+TN) + (TP+FP)(FP+TN)); 0 if undefined."""
+  tp, fp, fn, tn = (float(v) for v in (tp, fp, fn, tn))
+  return float(_safe_div(2 * (tp * tn - fp * fn), (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+
+
+def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int] | None = None
+                          ) -> dict:
+  """All scores of one run as plain JSON-ready numbers.
+
+  `thresholds` maps a name (">=M") to the first class index of the event; by default >=M and
+  >=C for five GOES classes and none otherwise.
+  """
+  class_names = list(class_names)
+  k = len(class_names)
+  cm = confusion_matrix(y_true, y_pred, k)
+  scores = per_class_scores(cm)
+  report = {
+      "class_names": class_names,
+      "confusion_matrix": cm.tolist(),
+      "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+      "macro_f1": float(np.mean(scores["f1"])),
+      "macro_precision": float(np.mean(scores["precision"])),
+      "macro_recall": float(np.mean(scores["recall"])),
+  }
+  for name in ("precision", "recall", "f1"):
+    report[name] = {c: float(v) for c, v in zip(class_names, scores[name], strict=True)}
+  report["support"] = {c: int(v) for c, v in zip(class_names, scores["support"], strict=True)}
+  if thresholds is None:
+    thresholds = {">=M": 3, ">=C": 2} if k == 5 else {}
+  for name, first in thresholds.items():
+    table = binary_contingency(y_true, y_pred, first)
+    report[f"TSS{name}"] = tss(**table)
+    report[f"HSS{name}"] = hss(**table)
+    report[f"contingency{name}"] = table
+  return report
+
+
+def scalar_scores(report: dict) -> dict[str, float]:
+  """The flat scalar scores of a report: macro/accuracy/TSS/HSS and per-class F1/P/R."""
+  out = {k: v for k, v in report.items() if isinstance(v, float)}
+  for name in ("f1", "precision", "recall"):
+    for c, v in report[name].items():
+      out[f"{name}_{c}"] = v
+  return out
+
+
+def aggregate_over_seeds(reports: list[dict]) -> dict[str, dict[str, float]]:
+  """Mean and population std (ddof=0) of every scalar score over runs (seeds)."""
+  flats = [scalar_scores(r) for r in reports]
+  keys = list(flats[0])
+  return {k: {"mean": float(np.mean([f[k] for f in flats])),
+              "std": float(np.std([f[k] for f in flats])), "n": len(flats)} for k in keys}

@@ -1,0 +1,89 @@
+"""--mode=export_features: features of a real split and/or a sample .npz, saved with settings.
+
+Output: <features_dir>/{source}_{extractor}.npz with arrays `features` [N, D] float32 and `labels`
+[N] int32, and the settings as 0-d string/int arrays: extractor, weights, weights_sha256,
+preprocessing, count, source, image_shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from solar_ddpm_jax.evaluation import features as features_lib
+
+
+def features_dir(config, workdir: str) -> str:
+  """config.evaluation.features_dir or <workdir>/features."""
+  return config.evaluation.get("features_dir", "") or os.path.join(workdir, "features")
+
+
+def load_samples_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] in [-1, 1] and labels [N] from a sample .npz."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"samples file {path!r} does not exist "
+                            "(config.evaluation.samples_npz).")
+  with np.load(path) as z:
+    if "images" not in z.files or "labels" not in z.files:
+      raise KeyError(f"{path} must hold 'images' [N,H,W,C] in [-1,1] and 'labels' [N]; "
+                     f"it has {z.files}.")
+    images = np.asarray(z["images"], np.float32)
+    labels = np.asarray(z["labels"], np.int32)
+  if images.ndim == 3:
+    images = images[..., None]
+  return images, labels
+
+
+def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images and conditioning labels of a real split (input_pipeline.load_split_arrays)."""
+  from solar_ddpm_jax import input_pipeline
+  arrays = input_pipeline.load_split_arrays(config, split)
+  label_field = config.data.get("label", "flare_class")
+  return np.asarray(arrays["image"], np.float32), np.asarray(arrays[label_field], np.int32)
+
+
+def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *, source: str,
+                  image_shape) -> str:
+  """Writes one feature file with its settings."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  s = extractor.settings()
+  np.savez(path, features=np.asarray(feats, np.float32), labels=np.asarray(labels, np.int32),
+           extractor=s["extractor"], weights=s["weights"], weights_sha256=s["weights_sha256"],
+           preprocessing=s["preprocessing"], count=len(feats), source=source,
+           image_shape=json.dumps(list(image_shape)))
+  return path
+
+
+def load_features(path: str) -> dict:
+  """A feature file as {features, labels, and the settings as Python values}."""
+  with np.load(path) as z:
+    out = {k: z[k] for k in z.files}
+  for k in ("extractor", "weights", "weights_sha256", "preprocessing", "source", "image_shape"):
+    out[k] = str(out[k])
+  out["count"] = int(out["count"])
+  return out
+
+
+def export_features(config, workdir: str) -> dict:
+  """Features of the real split (and of config.evaluation.samples_npz) for every extractor."""
+  ev = config.evaluation
+  sources = {f"real_{ev.real_split}": lambda: load_real(config, ev.real_split)}
+  if ev.samples_npz:
+    sources["samples"] = lambda: load_samples_npz(ev.samples_npz)
+  loaded = {}
+  written = {}
+  for name in ev.extractors:
+    extractor = features_lib.build_extractor(name, config, workdir)
+    for source, load in sources.items():
+      if source not in loaded:
+        loaded[source] = load()
+      images, labels = loaded[source]
+      feats = features_lib.extract(extractor, images, batch_size=int(ev.batch_size))
+      path = os.path.join(features_dir(config, workdir), f"{source}_{name}.npz")
+      written[f"{source}/{name}"] = save_features(path, feats, labels, extractor, source=source,
+                                                  image_shape=images.shape[1:])
+      logging.info("Wrote %d %s features of %s to %s", len(feats), name, source, path)
+  return written

@@ -1,0 +1,122 @@
+"""Distances between feature sets in numpy float64: FID, KID, precision/recall, density/coverage.
+
+Features are [num_images, dim] arrays from one extractor. Every function is deterministic for its
+seed, and `bootstrap_ci` gives percentile confidence intervals for any of them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean [dim] and unbiased covariance [dim, dim] in float64."""
+  x = np.asarray(features, np.float64)
+  return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), the matrix root in float64.
+
+  When sqrt(S1 S2) is singular or not finite, eps is added to both diagonals (as pytorch-fid does).
+  """
+  mu1, mu2 = np.atleast_1d(np.float64(mu1)), np.atleast_1d(np.float64(mu2))
+  s1, s2 = np.atleast_2d(np.float64(sigma1)), np.atleast_2d(np.float64(sigma2))
+  diff = mu1 - mu2
+  with warnings.catch_warnings():  # Singular products are handled below, as in pytorch-fid.
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+      offset = np.eye(s1.shape[0]) * eps
+      covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f"sqrtm has a large imaginary part: {np.max(np.abs(covmean.imag))}")
+    covmean = covmean.real
+  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid(real_features, fake_features) -> float:
+  """Fréchet distance between two feature sets (FID when the features are Inception pool3)."""
+  return frechet_distance(*feature_stats(real_features), *feature_stats(fake_features))
+
+
+def polynomial_kernel(x, y) -> np.ndarray:
+  """k(x, y) = (x.y / dim + 1)^3, the KID kernel of Binkowski et al. 2018."""
+  return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(x, y) -> float:
+  """Unbiased squared MMD with the polynomial kernel between two [n, dim] sets."""
+  m, n = len(x), len(y)
+  kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+  return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+               + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
+
+
+def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: int = 100,
+        seed: int = 0) -> dict:
+  """KID: mean unbiased MMD^2 over random subsets, with its std and standard error."""
+  x = np.asarray(real_features, np.float64)
+  y = np.asarray(fake_features, np.float64)
+  size = int(min(subset_size, len(x), len(y)))
+  if size < 2:
+    raise ValueError("KID needs at least 2 images in each set.")
+  rng = np.random.default_rng(seed)
+  values = np.array([
+      mmd2_unbiased(x[rng.choice(len(x), size, replace=False)],
+                    y[rng.choice(len(y), size, replace=False)]) for _ in range(num_subsets)])
+  std = float(values.std(ddof=1)) if num_subsets > 1 else 0.0
+  return dict(kid=float(values.mean()), kid_std=std, kid_sem=std / np.sqrt(num_subsets),
+              subset_size=size, num_subsets=int(num_subsets))
+
+
+def pairwise_distances(x, y) -> np.ndarray:
+  """Euclidean distances [len(x), len(y)] in float64."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+  return np.sqrt(np.maximum(d2, 0.0))
+
+
+def knn_radii(x, k: int) -> np.ndarray:
+  """Distance of each row of x to its k-th nearest other row."""
+  d = pairwise_distances(x, x)
+  return np.partition(d, k, axis=1)[:, k]  # Index 0 is the row itself (distance 0).
+
+
+def prdc(real_features, fake_features, *, k: int = 5) -> dict:
+  """Precision, recall, density and coverage of Naeem et al. 2020 (k-NN balls, strict <)."""
+  real = np.asarray(real_features, np.float64)
+  fake = np.asarray(fake_features, np.float64)
+  k = int(min(k, len(real) - 1, len(fake) - 1))
+  if k < 1:
+    raise ValueError("precision/recall need at least 2 images in each set.")
+  real_radii, fake_radii = knn_radii(real, k), knn_radii(fake, k)
+  d = pairwise_distances(real, fake)  # [real, fake]
+  inside_real = d < real_radii[:, None]
+  return dict(
+      precision=float(inside_real.any(axis=0).mean()),
+      recall=float((d < fake_radii[None, :]).any(axis=1).mean()),
+      density=float(inside_real.sum(axis=0).mean() / k),
+      coverage=float((d.min(axis=1) < real_radii).mean()),
+      k=k)
+
+
+def bootstrap_ci(metric_fn, real_features, fake_features, *, num_resamples: int = 200,
+                 seed: int = 0, level: float = 0.95) -> dict:
+  """Percentile bootstrap interval of `metric_fn(real, fake) -> float`, resampling both sets."""
+  real = np.asarray(real_features)
+  fake = np.asarray(fake_features)
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(int(num_resamples)):
+    values.append(metric_fn(real[rng.integers(0, len(real), len(real))],
+                            fake[rng.integers(0, len(fake), len(fake))]))
+  values = np.asarray(values, np.float64)
+  lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+  return dict(low=float(lo), high=float(hi), std=float(values.std(ddof=1)) if len(values) > 1
+              else 0.0, num_resamples=int(num_resamples), level=level)

@@ -1,0 +1,291 @@
+"""From the built `aia_flares` dataset to global jax.Array batches sharded over the mesh.
+
+The training stream is a pure function of (seed, step): the stream is the concatenation of one
+permutation of the split's examples per epoch, each drawn from a generator seeded by
+(seed, split, epoch) (class-balanced draws with replacement when config.data.class_balanced), and
+global batch k is rows [k*B, (k+1)*B) of it. An iterator started at `start_step` therefore yields
+exactly what a fresh one yields after `start_step` batches, without reading the skipped ones.
+Each process reads only its rows of every global batch (rows [p*B/P, (p+1)*B/P)), which is the
+per-process split of the data; `sharding.shard_batch` assembles the global arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import zlib
+
+import numpy as np
+from absl import logging
+
+from solar_ddpm_jax import sharding
+
+ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "subclass", "goes_flux_w_m2",
+                "time_unix_s")
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow (tf.data, TFDS) must never take the GPU or TPU from JAX."""
+  try:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (ImportError, RuntimeError, ValueError):
+    pass
+
+
+def _base_data_dir(config) -> str:
+  return os.path.expanduser(config.data.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
+                            or "~/tensorflow_datasets")
+
+
+def _synthetic_fingerprint(data_config) -> str:
+  s = data_config.synthetic
+  spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
+  spec["channels"] = [int(c) for c in data_config.channels]
+  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_dirs(config) -> tuple[str, str]:
+  """(TFDS data_dir, manual_dir) of config.data.
+
+  Synthetic archives live in <data_dir>/aia_flares_synthetic/<fingerprint of the synthetic
+  settings>/archive, their datasets next to them under tfds_<fingerprint of the build settings>,
+  so differently configured archives and builds never collide.
+  """
+  from tfds_aia import builder as aia_builder
+  base = _base_data_dir(config)
+  if config.data.source == "synthetic":
+    root = os.path.join(base, "aia_flares_synthetic", _synthetic_fingerprint(config.data))
+    settings = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
+    return os.path.join(root, f"tfds_{settings}"), os.path.join(root, "archive")
+  if config.data.source != "manual":
+    raise ValueError(f"Unknown data.source {config.data.source!r}; use 'manual' or 'synthetic'.")
+  if not config.data.manual_dir:
+    raise ValueError("data.source='manual' needs data.manual_dir: a folder of AIA FITS and GOES "
+                     "XRS files (python -m tfds_aia.fetch writes one), or use data.source="
+                     "'synthetic'.")
+  return base, os.path.expanduser(config.data.manual_dir)
+
+
+def _write_synthetic_archive(config, archive_dir: str) -> None:
+  """Writes the archive into a temporary folder and renames it (safe against parallel builds)."""
+  from tfds_aia import synthetic
+  if os.path.exists(os.path.join(archive_dir, "SYNTHETIC_ARCHIVE.txt")):
+    return
+  parent = os.path.dirname(archive_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="archive.incomplete.", dir=parent)
+  logging.info("Writing the synthetic AIA archive (%d frames) to %s",
+               config.data.synthetic.num_images, archive_dir)
+  synthetic.write_from_config(config.data, tmp)
+  try:
+    os.rename(tmp, archive_dir)
+  except OSError:  # Written meanwhile by another process.
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _builder(config):
+  from tfds_aia import builder as aia_builder
+  data_dir, _ = dataset_dirs(config)
+  return aia_builder.make_builder(config.data, data_dir=data_dir)
+
+
+def _check_settings(builder, config) -> None:
+  """A dataset built with other preprocessing settings must not be read as this one."""
+  from tfds_aia import builder as aia_builder
+  path = os.path.join(os.fspath(builder.data_dir), aia_builder.SETTINGS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    built = json.load(f).get("fingerprint")
+  wanted = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
+  if built != wanted:
+    raise ValueError(f"The dataset in {builder.data_dir} was built with other data settings "
+                     f"(fingerprint {built}, config {wanted}); set data.data_dir to another "
+                     "folder or delete that one to rebuild.")
+
+
+def build_dataset(config, workdir: str | None = None):
+  """Builds the dataset of config.data when it is absent (writing the synthetic archive first
+  for data.source == "synthetic"); returns the prepared TFDS builder. `workdir` is unused: the
+  data live where config.data says, shared by every run."""
+  del workdir
+  _hide_accelerators_from_tensorflow()
+  import jax
+
+  from tfds_aia import builder as aia_builder
+  data_dir, manual_dir = dataset_dirs(config)
+  builder = _builder(config)
+  if jax.process_index() == 0 and not builder.is_prepared():
+    if config.data.source == "synthetic":
+      _write_synthetic_archive(config, manual_dir)
+    try:
+      aia_builder.build(builder, manual_dir)
+    except OSError:
+      builder = _builder(config)  # Another process finished the same build first.
+      if not builder.is_prepared():
+        raise
+    skipped = aia_builder.read_manifest(builder)
+    logging.info("Built %s in %s: %s; %d files skipped (%s)", builder.info.full_name, data_dir,
+                 {k: v.num_examples for k, v in builder.info.splits.items()}, len(skipped),
+                 os.path.join(os.fspath(builder.data_dir), aia_builder.SKIP_MANIFEST))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("aia_flares built")
+    builder = _builder(config)
+  _check_settings(builder, config)
+  return builder
+
+
+def _prepared_builder(config):
+  builder = _builder(config)
+  if not builder.is_prepared():
+    builder = build_dataset(config)
+  _check_settings(builder, config)
+  return builder
+
+
+_ARRAYS_CACHE: dict = {}
+
+
+def load_split_arrays(config, split: str) -> dict:
+  """A whole split as numpy arrays: image [N,R,R,C] float32 in [-1,1], flare_class [N],
+  forecast_class [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N] (in time order)."""
+  _hide_accelerators_from_tensorflow()
+  import tensorflow_datasets as tfds
+  builder = _prepared_builder(config)
+  key = (os.fspath(builder.data_dir), split)
+  if split not in builder.info.splits:
+    raise ValueError(f"The dataset in {builder.data_dir} has no {split!r} split (no frames in "
+                     f"its time range); it has {list(builder.info.splits)}.")
+  if key not in _ARRAYS_CACHE:
+    if builder.info.file_format.value == "array_record":  # Random-access files.
+      examples = list(builder.as_data_source(split=split))
+      arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in ARRAY_FIELDS}
+    else:
+      ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+      arrays = tfds.as_numpy(ds)
+      arrays = {k: np.asarray(arrays[k]) for k in ARRAY_FIELDS}
+    order = np.argsort(arrays["time_unix_s"], kind="stable")
+    arrays = {k: v[order] for k, v in arrays.items()}
+    arrays["flare_class"] = arrays["flare_class"].astype(np.int32)
+    arrays["forecast_class"] = arrays["forecast_class"].astype(np.int32)
+    if len(_ARRAYS_CACHE) > 8:
+      _ARRAYS_CACHE.clear()
+    _ARRAYS_CACHE[key] = arrays
+  return {k: v.copy() for k, v in _ARRAYS_CACHE[key].items()}
+
+
+def _split_seed(split: str) -> int:
+  return zlib.crc32(split.encode())
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, split: str = "train",
+                labels: np.ndarray | None = None) -> np.ndarray:
+  """Example indices of one epoch: a permutation, or (with `labels`) a class-balanced draw of the
+  same length with replacement (each class equally likely)."""
+  rng = np.random.default_rng([int(seed), _split_seed(split), int(epoch)])
+  if labels is None:
+    return rng.permutation(num_examples)
+  labels = np.asarray(labels)
+  counts = np.bincount(labels)
+  weights = 1.0 / counts[labels]
+  return rng.choice(num_examples, size=num_examples, p=weights / weights.sum())
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int,
+                  split: str = "train", labels: np.ndarray | None = None) -> np.ndarray:
+  """Indices of global batch `step`: rows [step*B, (step+1)*B) of the epoch-permutation stream."""
+  if num_examples <= 0:
+    raise ValueError(f"The {split!r} split is empty.")
+  start = int(step) * int(batch_size)
+  out, position = [], start
+  while position < start + batch_size:
+    epoch, offset = divmod(position, num_examples)
+    order = epoch_order(num_examples, seed, epoch, split, labels)
+    take = order[offset:offset + start + batch_size - position]
+    out.append(take)
+    position += len(take)
+  return np.concatenate(out)
+
+
+def local_rows(batch_size: int) -> slice:
+  """This process's rows of a global batch."""
+  import jax
+  n = sharding.per_process_batch_size(batch_size)
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+
+def _label_field(config) -> str:
+  field = config.data.get("label", "flare_class")
+  if field not in ("flare_class", "forecast_class"):
+    raise ValueError(f"data.label must be 'flare_class' or 'forecast_class', not {field!r}.")
+  return field
+
+
+def local_batch(arrays: dict, config, step: int, split: str = "train") -> dict:
+  """This process's rows of global batch `step` as numpy: image [b,R,R,C], label int32 [b]."""
+  batch_size = int(config.training.batch_size)
+  labels = arrays[_label_field(config)]
+  balanced = bool(config.data.get("class_balanced", False)) and split == "train"
+  idx = batch_indices(len(labels), batch_size, step, int(config.seed), split,
+                      labels if balanced else None)[local_rows(batch_size)]
+  return {"image": arrays["image"][idx].astype(np.float32), "label": labels[idx].astype(np.int32)}
+
+
+def _prefetch(generator, size: int):
+  """Runs `generator` in a background thread, `size` items ahead."""
+  if size <= 0:
+    yield from generator
+    return
+  items: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def work():
+    try:
+      for item in generator:
+        while not stop.is_set():
+          try:
+            items.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      items.put(done)
+    except BaseException as e:  # Surfaced in the consumer.
+      items.put(e)
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = items.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def create_train_iterator(config, mesh, *, split: str = "train", start_step: int = 0):
+  """Endless iterator of {"image": [B,R,R,C] float32, "label": [B] int32} global jax.Arrays,
+  batch-sharded over the mesh; batch k depends only on (config.seed, split, k)."""
+  arrays = load_split_arrays(config, split)
+
+  def batches():
+    step = int(start_step)
+    while True:
+      yield sharding.shard_batch(mesh, local_batch(arrays, config, step, split))
+      step += 1
+
+  return _prefetch(batches(), int(config.data.get("prefetch", 2)))

@@ -1,0 +1,167 @@
+"""Sampling from a checkpoint: any number of images per flare class, sharded over all devices.
+
+    python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=/tmp/demo \
+        --mode=sample --config.sampling.num_per_class=64 --config.sampling.guidance_scale=3
+
+writes <workdir>/samples/<settings>/: samples.npz (float images in the model range and in DN/s,
+labels, settings), grid.png (one row per class, AIA colormap) and fits/ (one image each, DN/s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from solar_ddpm_jax import FLARE_CLASSES, checkpointing, outputs, sharding
+
+
+def replicate(mesh, x) -> jax.Array:
+  """A host numpy array (the same on every process) as a global array replicated on `mesh`."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding.replicated(mesh), lambda idx: x[idx])
+
+
+def _global_batch(mesh, x) -> jax.Array:
+  """A host numpy batch (the same on every process) as a global array split over the mesh."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding.batch_sharding(mesh, x.ndim),
+                                      lambda idx: x[idx])
+
+
+def _to_host(x) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh) -> np.ndarray:
+  """Runs `sample_fn(params, labels, key)` over `labels` in fixed-size sharded batches.
+
+  Batches are padded to one size (a multiple of the device count: one compilation); batch i uses
+  key fold_in(key(seed), i), so the same (labels, seed, batch_size) give the same images.
+  Returns host numpy images [N,H,W,C] on every process.
+  """
+  labels = np.asarray(labels, np.int32)
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, -(-min(int(batch_size), max(1, len(labels))) // n_dev) * n_dev)
+  out = []
+  for i, start in enumerate(range(0, len(labels), batch_size)):
+    chunk = labels[start:start + batch_size]
+    padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
+    key_data = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
+    key = jax.random.wrap_key_data(replicate(mesh, key_data))
+    images = sample_fn(params, _global_batch(mesh, padded), key)
+    out.append(_to_host(images)[:len(chunk)])
+  return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def parse_classes(classes: str) -> list[int]:
+  """"A,B,M" -> label indices [0, 1, 3]."""
+  names = [c.strip().upper() for c in str(classes).split(",") if c.strip()]
+  unknown = [c for c in names if c not in FLARE_CLASSES]
+  if unknown:
+    raise ValueError(f"Unknown flare classes {unknown}; use some of {', '.join(FLARE_CLASSES)}.")
+  return [FLARE_CLASSES.index(c) for c in names]
+
+
+def sampling_config(config, *, guidance_scale=None, sampler=None, num_steps=None):
+  """A copy of `config` with the sampling settings overridden where given."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    if guidance_scale is not None:
+      out.sampling.guidance_scale = float(guidance_scale)
+    if sampler is not None:
+      out.sampling.sampler = str(sampler)
+    if num_steps is not None:
+      out.sampling.num_steps = int(num_steps)
+  return out
+
+
+_PARAMS_CACHE: dict = {}  # (workdir, step, ema) -> (params, step): one restore per checkpoint.
+
+
+def _params(config, workdir: str):
+  step = int(config.sampling.checkpoint_step)
+  if step < 0:
+    step = checkpointing.latest_step(workdir)
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint under {checkpointing.checkpoint_dir(workdir)}: "
+                              "train first (--mode=train).")
+  key = (os.path.abspath(workdir), step, bool(config.sampling.use_ema))
+  if key not in _PARAMS_CACHE:
+    _PARAMS_CACHE.clear()
+    _PARAMS_CACHE[key] = checkpointing.restore_params_and_step(
+        config, workdir, step, ema=bool(config.sampling.use_ema))
+  return _PARAMS_CACHE[key]
+
+
+def generate(config, workdir: str, labels, *, guidance_scale=None, sampler=None, num_steps=None,
+             seed: int = 0) -> np.ndarray:
+  """Images [N,R,R,C] in [-1, 1] of the given labels from the checkpoint in `workdir`."""
+  return _generate(config, workdir, labels, guidance_scale=guidance_scale, sampler=sampler,
+                   num_steps=num_steps, seed=seed)[0]
+
+
+def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, seed):
+  from solar_ddpm_jax import diffusion, samplers, train, unet
+  cfg = sampling_config(config, guidance_scale=guidance_scale, sampler=sampler,
+                        num_steps=num_steps)
+  params, step = _params(cfg, workdir)
+  mesh = sharding.create_mesh(cfg.mesh)
+  apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
+  sample_fn = samplers.make_sample_fn(apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh)
+  images = sample_images(sample_fn, params, labels, seed=seed,
+                         batch_size=int(cfg.sampling.batch_size), mesh=mesh)
+  return images, cfg, step
+
+
+def settings_tag(cfg, step: int) -> str:
+  """Folder name that says how a sample set was made."""
+  s = cfg.sampling
+  return (f"step{step}_{s.sampler}_n{int(s.num_steps)}_w{float(s.guidance_scale):g}"
+          f"_seed{int(s.seed)}")
+
+
+def sample_and_save(config, workdir: str) -> str:
+  """--mode=sample: samples config.sampling.num_per_class images per class and writes them."""
+  classes = parse_classes(config.sampling.classes)
+  labels = np.repeat(np.asarray(classes, np.int32), int(config.sampling.num_per_class))
+  images, cfg, step = _generate(config, workdir, labels, guidance_scale=None, sampler=None,
+                                num_steps=None, seed=int(config.sampling.seed))
+  out_dir = os.path.join(os.path.abspath(workdir), "samples", settings_tag(cfg, step))
+  if jax.process_index() != 0:
+    return out_dir
+  os.makedirs(out_dir, exist_ok=True)
+  s = cfg.sampling
+  settings = {"sampler": s.sampler, "num_steps": int(s.num_steps),
+              "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
+              "eta": float(s.eta), "ddpm_variance": s.ddpm_variance, "clip_x0": bool(s.clip_x0),
+              "use_ema": bool(s.use_ema), "checkpoint_step": step, "preset": cfg.preset,
+              "resolution": int(cfg.data.resolution), "channels": list(cfg.data.channels),
+              "dn_ceiling": list(cfg.data.dn_ceiling), "stretch": cfg.data.stretch,
+              "asinh_a": float(cfg.data.asinh_a)}
+  dn_per_s = outputs.to_dn_per_s(images, cfg.data)
+  np.savez(os.path.join(out_dir, "samples.npz"), images=images, images_dn_per_s=dn_per_s,
+           labels=labels, flare_class=np.asarray([FLARE_CLASSES[i] for i in labels]),
+           settings=json.dumps(settings))
+  outputs.save_class_grid(
+      images, labels, os.path.join(out_dir, "grid.png"),
+      wavelength_a=int(cfg.data.channels[0]),
+      title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}, step {step}")
+  if s.write_fits:
+    for i, (img, label) in enumerate(zip(dn_per_s, labels, strict=True)):
+      for c, wavelength in enumerate(cfg.data.channels):
+        header = outputs.fits_header(
+            resolution=img.shape[0], wavelength_a=int(wavelength),
+            flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
+            sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
+            checkpoint_step=step, index=i, preset=cfg.preset)
+        outputs.write_fits(os.path.join(out_dir, "fits", f"{FLARE_CLASSES[label]}_{i:05d}_"
+                                        f"{int(wavelength)}.fits"), img[..., c], header)
+  logging.info("Wrote %d samples (%s) to %s.", len(labels), settings_tag(cfg, step), out_dir)
+  return out_dir

@@ -1,0 +1,216 @@
+"""Samplers: each one `lax.scan` over a static grid of timesteps, inside one `jit`.
+
+    sample_fn = make_sample_fn(apply_fn, schedule, config, mesh)
+    images = sample_fn(params, labels, key)            # [B, H, W, C] in [-1, 1]
+    images = sample_fn(params, labels, key, guidance_scale=5.0)
+
+  ddpm          ancestral sampling, sigma^2 = beta_t (the paper) or the posterior variance; all T
+                steps, or a respaced grid when sampling.num_steps < T.
+  ddim          DDIM with any number of strided steps and eta (0 = deterministic).
+  dpm_solver++  DPM-Solver++(2M) in data prediction (Lu et al. 2022) on a grid uniform in log-SNR,
+                first order at the first and the last step; good samples in 10-25 steps.
+
+The grid runs from t = T-1 down to t = 0 and a final step to the data (abar = 1); with
+diffusion.faithful_timesteps it runs T-1..1 and ends at abar_0, as the published code.
+Classifier-free guidance evaluates the conditional and unconditional branches in one batched
+forward pass: out = out_uncond + w (out_cond - out_uncond) (w = 1: conditional, w = 0:
+unconditional). The same key gives the same images, on any number of devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solar_ddpm_jax import diffusion, sharding
+
+SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
+
+
+def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
+                  spacing: str = "time") -> np.ndarray:
+  """Descending timesteps the sampler visits: all T of them, or about num_steps.
+
+  spacing "time": evenly spaced in t (DDPM, DDIM); "logsnr": evenly spaced in
+  lambda = log(alpha / sigma), the grid DPM-Solver++ is designed for (each point the nearest
+  integer timestep; duplicates merge). The grid starts at T-1 and ends at 0 (1 when faithful).
+  """
+  abar = np.asarray(alphas_cumprod, np.float64)
+  num_timesteps = len(abar)
+  lo = 1 if faithful else 0
+  if num_steps <= 0 or num_steps >= num_timesteps - lo:
+    return np.arange(num_timesteps - 1, lo - 1, -1)
+  if spacing == "time":
+    grid = np.round(np.linspace(lo, num_timesteps - 1, num_steps)).astype(np.int64)
+  elif spacing == "logsnr":
+    lam = 0.5 * (np.log(abar) - np.log1p(-abar))
+    targets = np.linspace(lam[-1], lam[lo], num_steps)
+    grid = lo + np.abs(lam[None, lo:] - targets[:, None]).argmin(axis=1)
+  else:
+    raise ValueError(f"Unknown timestep spacing {spacing!r}: 'time' or 'logsnr'.")
+  return np.unique(grid)[::-1].copy()
+
+
+def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float = 1.0,
+                      eta: float = 0.0, ddpm_variance: str = "beta") -> dict[str, np.ndarray]:
+  """Per-step arrays [S] (float64) of a sampler on a timestep grid; computed once in numpy.
+
+  Step i goes from abar_t = alphas_cumprod[grid[i]] to abar_next (the next grid point, or
+  final_abar after the last one).
+  """
+  abar_all = np.asarray(alphas_cumprod, np.float64)
+  abar = abar_all[grid]
+  abar_next = np.concatenate([abar[1:], [final_abar]])
+  out = {"abar": abar, "abar_next": abar_next,
+         "noise": np.concatenate([np.ones(len(grid) - 1), [0.0]])}
+  if sampler == "ddpm":
+    beta = 1.0 - abar / abar_next  # beta of the (respaced) step.
+    out["c_x0"] = np.sqrt(abar_next) * beta / (1.0 - abar)
+    out["c_xt"] = np.sqrt(1.0 - beta) * (1.0 - abar_next) / (1.0 - abar)
+    if ddpm_variance == "beta":
+      var = beta
+    elif ddpm_variance == "posterior":
+      var = beta * (1.0 - abar_next) / (1.0 - abar)
+    else:
+      raise ValueError(f"Unknown sampling.ddpm_variance {ddpm_variance!r}: 'beta' or "
+                       "'posterior'.")
+    out["sigma"] = np.sqrt(var) * out["noise"]
+  elif sampler == "ddim":
+    sigma = eta * np.sqrt((1.0 - abar_next) / (1.0 - abar) * (1.0 - abar / abar_next))
+    out["sigma"] = sigma * out["noise"]
+    out["c_eps"] = np.sqrt(np.maximum(1.0 - abar_next - out["sigma"] ** 2, 0.0))
+  elif sampler == "dpm_solver++":
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    alpha_n, sigma_n = np.sqrt(abar_next), np.sqrt(1.0 - abar_next)
+    lam = np.log(alpha) - np.log(sigma)
+    with np.errstate(divide="ignore"):
+      lam_n = np.log(alpha_n) - np.log(sigma_n)  # +inf for the step to the data.
+    h = lam_n - lam
+    out["ratio"] = sigma_n / sigma
+    out["coef"] = -alpha_n * np.expm1(-h)  # alpha_n (1 - e^-h); alpha_n = 1 at sigma_n = 0.
+    second = np.zeros(len(grid), bool)
+    second[1:] = np.isfinite(h[1:])  # 2M from the second step; first order into the data.
+    h_prev = np.concatenate([[np.nan], h[:-1]])
+    r = np.where(second, h_prev / np.where(np.isfinite(h), h, 1.0), 1.0)
+    out["w_cur"] = np.where(second, 1.0 + 0.5 / r, 1.0)
+    out["w_prev"] = np.where(second, -0.5 / r, 0.0)
+  else:
+    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+  return out
+
+
+def guided_output(model_fn, x, t, labels, guidance_scale, null_label: int):
+  """out_uncond + w (out_cond - out_uncond) from one forward pass over [cond, uncond] pairs.
+
+  The pairs are interleaved ([B, 2] flattened), so a batch sharded over devices stays local.
+  guidance_scale None: the conditional branch alone (one pass of B).
+  """
+  if guidance_scale is None:
+    return model_fn(x, t, labels)
+  b = x.shape[0]
+  pair = lambda a, b_: jnp.stack([a, b_], axis=1).reshape((2 * b,) + a.shape[1:])
+  out = model_fn(pair(x, x), pair(t, t), pair(labels, jnp.full_like(labels, null_label)))
+  out = out.reshape((b, 2) + out.shape[1:])
+  cond, uncond = out[:, 0], out[:, 1]
+  return uncond + jnp.asarray(guidance_scale, out.dtype) * (cond - uncond)
+
+
+def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num_steps: int,
+                guidance_scale=None, null_label: int = 5, prediction: str = "eps",
+                eta: float = 0.0, ddpm_variance: str = "beta", clip_x0: bool = False,
+                faithful: bool = False, sharding_constraint=None):
+  """Runs a sampler from x_T down to the data; pure, jit it (one scan over the grid).
+
+  model_fn(x [B,...], t [B] int32, labels [B]) -> network output (eps, x0 or v: `prediction`).
+  alphas_cumprod: the schedule's abar [T] (concrete). Returns the final x0 estimate [B, ...].
+  """
+  abar_all = np.asarray(alphas_cumprod, np.float64)
+  grid = timestep_grid(abar_all, num_steps, faithful=faithful,
+                       spacing="logsnr" if sampler == "dpm_solver++" else "time")
+  coefs = grid_coefficients(sampler, abar_all, grid, final_abar=abar_all[0] if faithful else 1.0,
+                            eta=eta, ddpm_variance=ddpm_variance)
+  xs = {k: jnp.asarray(v, jnp.float32) for k, v in coefs.items()}
+  xs["t"] = jnp.asarray(grid, jnp.int32)
+  xs["index"] = jnp.arange(len(grid), dtype=jnp.int32)
+  batch = x_T.shape[0]
+  bshape = (batch,) + (1,) * (x_T.ndim - 1)
+  constrain = sharding_constraint or (lambda a: a)
+
+  def predict(x, step):
+    t = jnp.full((batch,), step["t"], jnp.int32)
+    out = guided_output(model_fn, x, t, labels, guidance_scale, null_label).astype(jnp.float32)
+    abar = jnp.broadcast_to(step["abar"], bshape)
+    eps, x0 = diffusion.eps_and_x0(prediction, abar, x, out)
+    if clip_x0:
+      x0 = jnp.clip(x0, -1.0, 1.0)
+      eps = diffusion.eps_from_x0(abar, x, x0)
+    return eps, x0
+
+  def noise(step, like):
+    z = jax.random.normal(jax.random.fold_in(key, step["index"]), like.shape, jnp.float32)
+    return constrain(z)
+
+  if sampler == "ddpm":
+    def body(x, step):
+      _, x0 = predict(x, step)
+      x = step["c_x0"] * x0 + step["c_xt"] * x + step["sigma"] * noise(step, x)
+      return constrain(x), None
+  elif sampler == "ddim":
+    def body(x, step):
+      eps, x0 = predict(x, step)
+      x = (jnp.sqrt(step["abar_next"]) * x0 + step["c_eps"] * eps
+           + step["sigma"] * noise(step, x))
+      return constrain(x), None
+  elif sampler == "dpm_solver++":
+    def body(carry, step):
+      x, x0_prev = carry
+      _, x0 = predict(x, step)
+      d = step["w_cur"] * x0 + step["w_prev"] * x0_prev
+      return (constrain(step["ratio"] * x + step["coef"] * d), x0), None
+  else:
+    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+
+  x_T = constrain(x_T.astype(jnp.float32))
+  init = (x_T, jnp.zeros_like(x_T)) if sampler == "dpm_solver++" else x_T
+  final, _ = jax.lax.scan(body, init, xs)
+  return final[0] if sampler == "dpm_solver++" else final
+
+
+def make_sample_fn(apply_fn, schedule, config, mesh=None):
+  """fn(params, labels [B], key, guidance_scale=None) -> images [B, H, W, C] clipped to [-1, 1].
+
+  One compiled program per batch size: the sampler, step count, eta, variance and x0 clipping
+  come from config.sampling; the guidance scale too unless given per call (it is traced, so a
+  sweep over scales does not recompile). The batch is sharded over `mesh` when given.
+  """
+  s, m, d = config.sampling, config.model, config.diffusion
+  size, channels = int(m.image_size), int(m.out_channels)
+  out_sharding = sharding.batch_sharding(mesh, 4) if mesh is not None else None
+  constraint = ((lambda a: jax.lax.with_sharding_constraint(a, out_sharding))
+                if mesh is not None else None)
+  abar = np.asarray(schedule.alphas_cumprod)
+
+  def run(params, labels, key, guidance_scale):
+    k_init, k_steps = jax.random.split(key)
+    x_T = jax.random.normal(k_init, (labels.shape[0], size, size, channels), jnp.float32)
+    model_fn = lambda x, t, y: apply_fn(params, x, t, y, train=False)
+    x = sample_loop(model_fn, abar, x_T, labels, k_steps, sampler=str(s.sampler),
+                    num_steps=int(s.num_steps), guidance_scale=guidance_scale,
+                    null_label=int(m.num_classes), prediction=str(d.prediction),
+                    eta=float(s.eta), ddpm_variance=str(s.ddpm_variance),
+                    clip_x0=bool(s.clip_x0), faithful=bool(d.faithful_timesteps),
+                    sharding_constraint=constraint)
+    return jnp.clip(x, -1.0, 1.0)
+
+  jitted = jax.jit(run, out_shardings=out_sharding)
+
+  def sample_fn(params, labels, key, guidance_scale=None):
+    w = float(s.guidance_scale) if guidance_scale is None else guidance_scale
+    labels = jnp.asarray(labels, jnp.int32) if not isinstance(labels, jax.Array) else labels
+    if mesh is not None and jax.process_count() == 1:
+      labels = jax.device_put(labels, sharding.batch_sharding(mesh, 1))
+    w = w if isinstance(w, jax.Array) else np.asarray(w, np.float32)
+    return jitted(params, labels, key, w)
+
+  return sample_fn

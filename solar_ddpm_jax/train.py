@@ -1,0 +1,344 @@
+"""Training loop: sharded init, one pure jitted train step, EMA, orbax checkpoints, clu logging.
+
+    config -> train_and_evaluate(config, workdir) -> make_train_step -> train_step(state, batch)
+
+The step is a pure function of (state, batch): the noise, timesteps and label dropout come from
+`fold_in(key(config.seed), state.step)`, and the data from the step too, so a run resumed from a
+checkpoint retraces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from solar_ddpm_jax import FLARE_CLASSES, checkpointing, sharding, train_state
+
+NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
+METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
+
+
+class Preempted(SystemExit):
+  """Raised after the checkpoint that a SIGTERM asked for is on disk."""
+
+
+def make_apply_fn(model):
+  """apply_fn(params, x, t, labels, train=False, rngs=None) over a linen model."""
+  def apply_fn(params, x, t, labels, train=False, rngs=None):
+    return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
+  return apply_fn
+
+
+def state_shardings(mesh, abstract_state):
+  """Shardings of every state leaf: replicated, or fsdp-sharded where mesh.fsdp > 1."""
+  return jax.tree.map(lambda x: sharding.fsdp_sharding(mesh, x.shape), abstract_state)
+
+
+def batch_shardings(mesh):
+  """Shardings of a training batch {"image": [B,H,W,C], "label": [B]}."""
+  return {"image": sharding.batch_sharding(mesh, 4), "label": sharding.batch_sharding(mesh, 1)}
+
+
+def create_train_state(config, mesh):
+  """(state, shardings): a fresh TrainState initialised directly in its sharded layout."""
+  abstract = train_state.abstract_state(config)
+  shardings = state_shardings(mesh, abstract)
+  init = jax.jit(functools.partial(train_state.init_state, config), out_shardings=shardings)
+  return init(jax.random.key(config.seed)), shardings
+
+
+def _bucket_sums(loss_per_sample, t, num_timesteps):
+  """Per-bucket loss sums and counts over timesteps t ([B] each) -> ([NB], [NB])."""
+  bucket = jnp.clip(t * NUM_T_BUCKETS // num_timesteps, 0, NUM_T_BUCKETS - 1)
+  onehot = jax.nn.one_hot(bucket, NUM_T_BUCKETS, dtype=jnp.float32)
+  return onehot.T @ loss_per_sample.astype(jnp.float32), onehot.sum(0)
+
+
+def make_train_step(config, apply_fn, schedule) -> Callable:
+  """The pure step: (state, batch) -> (new state, metrics); jit it with `jit_train_step`."""
+  from solar_ddpm_jax import diffusion
+  tx = train_state.make_optimizer(config.training)
+  lr_fn = train_state.learning_rate_schedule(config.training)
+  num_timesteps = int(config.diffusion.num_timesteps)
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+
+    def loss_fn(params):
+      return diffusion.training_loss(
+          apply_fn, params, schedule, batch["image"], batch["label"], key,
+          diffusion_config=config.diffusion, num_classes=config.model.num_classes, train=True)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = train_state.ema_decay(state.step, config.training)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=train_state.ema_update(state.ema_params, params, decay))
+    sums, counts = _bucket_sums(aux["loss_per_sample"], aux["t"], num_timesteps)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": lr_fn(state.step), "ema_decay": decay,
+               "loss_bucket_sum": sums, "loss_bucket_count": counts}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh, shardings):
+  """jit with NamedShardings on the mesh; the state is donated (updated in place)."""
+  return jax.jit(train_step, in_shardings=(shardings, batch_shardings(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def make_eval_step(config, apply_fn, schedule, mesh, param_shardings):
+  """jit fn(params, batch, index) -> mean loss with a fixed key per eval batch (comparable runs)."""
+  from solar_ddpm_jax import diffusion
+
+  def eval_step(params, batch, index):
+    key = jax.random.fold_in(jax.random.key(config.seed + 1), index)
+    loss, _ = diffusion.training_loss(
+        apply_fn, params, schedule, batch["image"], batch["label"], key,
+        diffusion_config=config.diffusion, num_classes=config.model.num_classes, train=False)
+    return loss
+
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings(mesh), None),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def summarize_metrics(per_step: list[dict]) -> dict[str, float]:
+  """Host means over a log window: loss, grad norm, last lr and EMA decay, loss per t bucket."""
+  host = jax.device_get(per_step)
+  out = {"loss": float(np.mean([m["loss"] for m in host])),
+         "grad_norm": float(np.mean([m["grad_norm"] for m in host])),
+         "learning_rate": float(host[-1]["learning_rate"]),
+         "ema_decay": float(host[-1]["ema_decay"])}
+  sums = np.sum([m["loss_bucket_sum"] for m in host], axis=0)
+  counts = np.sum([m["loss_bucket_count"] for m in host], axis=0)
+  for i in range(NUM_T_BUCKETS):
+    if counts[i] > 0:
+      out[f"loss_t{i}"] = float(sums[i] / counts[i])
+  return out
+
+
+def check_finite(per_step: list[dict], first_step: int, manager) -> None:
+  """Stops the run with a clear message when a loss or gradient norm is NaN or Inf."""
+  host = jax.device_get([(m["loss"], m["grad_norm"]) for m in per_step])
+  for i, (loss, grad_norm) in enumerate(host):
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      manager.wait_until_finished()
+      raise FloatingPointError(
+          f"Non-finite training loss {float(loss)} (gradient norm {float(grad_norm)}) at step "
+          f"{first_step + i + 1}. Stopped; the last good checkpoint is step "
+          f"{manager.latest_step()} in {manager.directory}. Lower training.learning_rate, "
+          f"keep training.grad_clip_norm > 0, or use model.dtype='float32', then resume.")
+
+
+class _SigtermFlag:
+  """Records a SIGTERM (preemption) so the loop can save before exiting."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: no handler, no preemption save.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint before exiting.")
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def requested(self, at_sync_point: bool) -> bool:
+    """Whether to save and stop now: at once in one process, at sync points in multi-process."""
+    if jax.process_count() == 1:
+      return self.raised
+    if not at_sync_point:
+      return False
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
+
+def _default_train_iterator(config, mesh) -> Callable[[int], Iterator]:
+  from solar_ddpm_jax import input_pipeline
+  return lambda start_step: input_pipeline.create_train_iterator(
+      config, mesh, split="train", start_step=start_step)
+
+
+def _default_eval_iterator(config, mesh) -> Callable[[], Iterator]:
+  from solar_ddpm_jax import input_pipeline
+  return lambda: input_pipeline.create_train_iterator(config, mesh, split="validation")
+
+
+def _sample_grid_config(config):
+  """The config of the periodic sample grids: the sampling settings with training.sample_steps."""
+  grid = config.copy_and_resolve_references()
+  with grid.unlocked():
+    grid.sampling.num_steps = int(config.training.sample_steps)
+  return grid
+
+
+def train_and_evaluate(config, workdir: str, *,
+                       train_iterator_fn: Callable[[int], Iterator] | None = None,
+                       eval_iterator_fn: Callable[[], Iterator] | None = None):
+  """Trains (resuming from the latest checkpoint in workdir) and returns the final TrainState.
+
+  train_iterator_fn(start_step) -> iterator of global batches {"image", "label"} (default: the
+  input pipeline); eval_iterator_fn() -> iterator of validation batches (default: the pipeline's
+  validation split). Both are for tests and custom data; the step is the data position.
+  """
+  from solar_ddpm_jax import diffusion, outputs, sample, samplers, unet
+
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.training
+  num_steps = int(tc.num_train_steps)
+  is_main = jax.process_index() == 0
+  mesh = sharding.create_mesh(config.mesh)
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  writer = metric_writers.create_default_writer(workdir if is_main else None,
+                                                just_logging=not is_main)
+  model = unet.create_model(config.model)
+  apply_fn = make_apply_fn(model)
+  schedule = diffusion.make_schedule(config.diffusion)
+
+  abstract = train_state.abstract_state(config)
+  shardings = state_shardings(mesh, abstract)
+  manager = checkpointing.create_manager(workdir, tc)
+  if manager.latest_step() is not None:
+    state, record = checkpointing.restore(
+        manager, checkpointing.abstract_with_shardings(abstract, shardings))
+    logging.info("Resumed from the checkpoint of step %d (data position %s).",
+                 int(state.step), record.get("step"))
+  else:
+    state, _ = create_train_state(config, mesh)
+  start_step = int(jax.device_get(state.step))
+  _truncate_metrics(workdir, start_step)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  logging.info("UNet parameters: %d.", num_params)
+  if start_step == 0:
+    writer.write_hparams({"preset": config.preset, "num_params": num_params,
+                          "batch_size": int(tc.batch_size), "seed": int(config.seed)})
+
+  step_fn = jit_train_step(make_train_step(config, apply_fn, schedule), mesh, shardings)
+  eval_fn = make_eval_step(config, apply_fn, schedule, mesh, shardings.ema_params)
+  grid_config = _sample_grid_config(config)
+  grid_fn = samplers.make_sample_fn(apply_fn, schedule, grid_config, mesh)
+  train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(start_step)
+  make_eval_iterator = eval_iterator_fn or _default_eval_iterator(config, mesh)
+
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                           writer=writer if is_main else None)
+  pending, pending_start = [], start_step
+  eval_metrics = None
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step, num_steps):
+      batch = next(train_iterator)
+      state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
+      pending.append(metrics)
+      done = step + 1
+      report(done, time.time())
+      last = done == num_steps
+      if _due(done, tc.log_every_steps, last):
+        check_finite(pending, pending_start, manager)
+        write_scalars(writer, workdir, done, summarize_metrics(pending))
+        pending, pending_start = [], done
+      if _due(done, tc.eval_every_steps, last):
+        eval_metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
+                                int(tc.get("eval_batches", 4)))
+        if eval_metrics:
+          write_scalars(writer, workdir, done, eval_metrics)
+      if last or _due(done, tc.checkpoint_every_steps, False):
+        check_finite(pending, pending_start, manager)
+        with report.timed("checkpoint"):
+          checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics
+                             if _due(done, tc.eval_every_steps, last) else None)
+      if _due(done, tc.sample_every_steps, last):
+        with report.timed("sample_grid"):
+          images = sample.sample_images(grid_fn, state.ema_params, grid_labels(config), seed=done,
+                                        batch_size=int(config.sampling.batch_size), mesh=mesh)
+          if is_main:
+            path = os.path.join(workdir, "samples", f"grid_step{done:07d}.png")
+            rgb = outputs.save_class_grid(images, grid_labels(config), path)
+            writer.write_images(done, {"samples_ema": rgb[None]})
+      if not last and sigterm.requested(at_sync_point=_due(done, tc.log_every_steps, False)):
+        check_finite(pending, pending_start, manager)
+        checkpointing.save(manager, state, data_seed=config.seed, force=True)
+        manager.wait_until_finished()
+        writer.flush()
+        logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
+        raise Preempted(143)
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  return state
+
+
+def write_scalars(writer, workdir: str, step: int, scalars: dict) -> None:
+  """Scalars to the clu writer (TensorBoard + console) and, on process 0, to metrics.jsonl."""
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+
+
+def _due(done: int, every: int, last: bool) -> bool:
+  """Whether a periodic action runs after step `done` (every <= 0 disables it)."""
+  return int(every) > 0 and (done % int(every) == 0 or last)
+
+
+def _truncate_metrics(workdir: str, start_step: int) -> None:
+  """Drops metrics.jsonl records past the resumed step (they are recomputed)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+def grid_labels(config) -> np.ndarray:
+  """Labels of the periodic grid: training.grid_per_class of each flare class, class-major."""
+  per_class = int(config.training.get("grid_per_class", 4))
+  return np.repeat(np.arange(len(FLARE_CLASSES), dtype=np.int32), per_class)
+
+
+def evaluate(eval_fn, params, make_iterator, num_batches: int) -> dict[str, float] | None:
+  """Mean validation loss of `params` over the first `num_batches` validation batches."""
+  if num_batches <= 0:
+    return None
+  try:
+    iterator = make_iterator()
+  except (FileNotFoundError, ValueError) as e:  # No validation split: train without eval.
+    logging.warning("No validation data (%s); skipping eval.", e)
+    return None
+  losses = []
+  for i, batch in zip(range(num_batches), iterator, strict=False):
+    losses.append(eval_fn(params, {"image": batch["image"], "label": batch["label"]}, i))
+  if not losses:
+    return None
+  return {"eval_loss": float(np.mean(jax.device_get(losses)))}

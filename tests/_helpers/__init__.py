@@ -1,0 +1,1 @@
+"""Helpers shared by the training tests and the scripts they launch as subprocesses."""

@@ -1,0 +1,62 @@
+"""Classifier metrics against scikit-learn and hand-computed skill scores."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from solar_ddpm_jax.classifier import metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_sklearn_with_absent_classes(seed):
+  rng = np.random.default_rng(seed)
+  y_true = rng.choice([0, 1, 2, 4], size=60)  # Class 3 never occurs in the truth.
+  y_pred = rng.choice([0, 1, 3, 4], size=60)  # Class 2 is never predicted.
+  labels = list(range(5))
+  names = list("ABCMX")
+  rep = metrics.classification_report(y_true, y_pred, names)
+  np.testing.assert_array_equal(rep["confusion_matrix"],
+                                skm.confusion_matrix(y_true, y_pred, labels=labels))
+  p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                   zero_division=0)
+  np.testing.assert_allclose([rep["precision"][c] for c in names], p)
+  np.testing.assert_allclose([rep["recall"][c] for c in names], r)
+  np.testing.assert_allclose([rep["f1"][c] for c in names], f)
+  np.testing.assert_array_equal([rep["support"][c] for c in names], s)
+  np.testing.assert_allclose(rep["macro_f1"], skm.f1_score(y_true, y_pred, labels=labels,
+                                                           average="macro", zero_division=0))
+  np.testing.assert_allclose(rep["accuracy"], skm.accuracy_score(y_true, y_pred))
+
+
+def test_tss_hss_hand_computed():
+  # TP=3, FP=2, FN=1, TN=4: TSS = 3/4 - 2/6; HSS = 2(12-2)/((4)(5) + (5)(6)) = 20/50.
+  assert metrics.tss(3, 2, 1, 4) == pytest.approx(0.75 - 1 / 3)
+  assert metrics.hss(3, 2, 1, 4) == pytest.approx(0.4)
+  assert metrics.tss(5, 0, 0, 5) == pytest.approx(1.0)
+  assert metrics.hss(5, 0, 0, 5) == pytest.approx(1.0)
+  assert metrics.tss(0, 5, 5, 0) == pytest.approx(-1.0)
+  assert metrics.hss(0, 0, 0, 10) == 0.0  # Undefined (no events, none forecast): 0.
+
+
+def test_thresholds_from_multiclass_labels():
+  names = list("ABCMX")
+  y_true = np.array([0, 1, 2, 3, 4, 3, 1, 2])
+  y_pred = np.array([0, 2, 2, 3, 3, 1, 1, 4])
+  rep = metrics.classification_report(y_true, y_pred, names)
+  # >= M: truth events at 3, 4, 5; predicted events at 3, 4, 7 -> TP=2, FN=1, FP=1, TN=4.
+  assert rep["contingency>=M"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 4}
+  assert rep["TSS>=M"] == pytest.approx(2 / 3 - 1 / 5)
+  assert rep["HSS>=M"] == pytest.approx(2 * (8 - 1) / (3 * 5 + 3 * 5))
+  # >= C: truth events 2,3,4,5,7; predicted 1,2,3,4,7 -> TP=4, FP=1, FN=1, TN=2.
+  assert rep["contingency>=C"] == {"tp": 4, "fp": 1, "fn": 1, "tn": 2}
+
+
+def test_aggregate_over_seeds():
+  names = ["<M", ">=M"]
+  reps = [metrics.classification_report([0, 1, 1, 0], [0, 1, 0, 0], names),
+          metrics.classification_report([0, 1, 1, 0], [0, 1, 1, 0], names)]
+  agg = metrics.aggregate_over_seeds(reps)
+  assert agg["accuracy"]["mean"] == pytest.approx(0.875)
+  assert agg["accuracy"]["std"] == pytest.approx(0.125)
+  assert agg["recall_>=M"]["mean"] == pytest.approx(0.75)
+  assert "TSS>=M" not in agg  # Two classes: no GOES thresholds by default.

@@ -1,0 +1,119 @@
+"""Domain extractor, feature export and the evaluation report end to end on tiny data."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import aia171
+from solar_ddpm_jax import sharding
+from solar_ddpm_jax.evaluation import domain, export, features, report
+
+
+def _discs(n, res, seed, brightness_by_class=True):
+  """Noisy discs in [-1, 1] whose brightness depends on the class; labels cycle over 0..4."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % 5).astype(np.int32)
+  r = np.hypot(*(np.indices((res, res)) - (res - 1) / 2)) / (res / 2)
+  level = 0.5 + 0.3 * labels / 4 if brightness_by_class else np.full(n, 0.6)
+  images = -1 + (r < 0.8)[None] * (1 + level[:, None, None])
+  images = images + 0.05 * rng.standard_normal(images.shape)
+  return np.clip(images, -1, 1)[..., None].astype(np.float32), labels
+
+
+@pytest.fixture()
+def encoder_dir(tmp_path):
+  model = domain.SmallEncoder((4, 8), 6)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 1), np.float32))["params"]
+  path = str(tmp_path / "encoder")
+  domain.save_encoder(path, jax.device_get(params), (4, 8), 6)
+  return path
+
+
+def _config(tmp_path, encoder_dir, samples_npz=""):
+  config = aia171.get_config("test")
+  config.evaluation.domain_checkpoint = encoder_dir
+  config.evaluation.samples_npz = samples_npz
+  config.evaluation.extractors = ("domain", "inception", "clip")
+  config.evaluation.classifier_checkpoint = str(tmp_path / "no_classifier")
+  return config
+
+
+def test_domain_features_identical_on_1_and_8_devices(encoder_dir):
+  ext = domain.domain_extractor(encoder_dir)
+  images, _ = _discs(13, 16, 0)
+  one = features.extract(ext, images, batch_size=8,
+                         mesh=sharding.create_mesh(devices=jax.devices()[:1]))
+  eight = features.extract(ext, images, batch_size=8, mesh=sharding.create_mesh())
+  assert one.shape == (13, 6) and len(ext.weights_sha256) == 64
+  np.testing.assert_array_equal(one, eight)
+  direct = domain.SmallEncoder((4, 8), 6).apply({"params": ext.params}, images)
+  np.testing.assert_allclose(one, np.asarray(direct), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_domain_checkpoint_names_the_key(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.evaluation.domain_checkpoint"):
+    domain.domain_extractor(str(tmp_path / "none"))
+
+
+def test_export_features_writes_settings(tmp_path, encoder_dir, monkeypatch):
+  real = _discs(10, 16, 0)
+  fake = _discs(7, 16, 1)
+  npz = str(tmp_path / "samples.npz")
+  np.savez(npz, images=fake[0], labels=fake[1])
+  monkeypatch.setattr(export, "load_real", lambda config, split: real)
+  config = _config(tmp_path, encoder_dir, npz)
+  config.evaluation.extractors = ("domain",)
+  written = export.export_features(config, str(tmp_path / "work"))
+  assert set(written) == {"real_test/domain", "samples/domain"}
+  out = export.load_features(written["samples/domain"])
+  assert out["count"] == 7 and out["features"].shape == (7, 6)
+  assert out["extractor"] == "domain_encoder" and len(out["weights_sha256"]) == 64
+  assert "no resize" in out["preprocessing"] and out["source"] == "samples"
+  np.testing.assert_array_equal(out["labels"], fake[1])
+  ref = features.extract(domain.domain_extractor(encoder_dir), fake[0])
+  np.testing.assert_array_equal(out["features"], ref)
+
+
+def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir, monkeypatch):
+  real = _discs(20, 16, 0)
+  fake = _discs(15, 16, 1, brightness_by_class=False)
+  npz = str(tmp_path / "samples.npz")
+  np.savez(npz, images=fake[0], labels=fake[1])
+  monkeypatch.setattr(export, "load_real", lambda config, split: real)
+  workdir = str(tmp_path / "work")
+  config = _config(tmp_path, encoder_dir, npz)
+  out = report.evaluate(config, workdir)
+  assert "config.evaluation.inception_weights" in out["features"]["inception"]["skipped"]
+  assert "config.evaluation.clip_weights" in out["features"]["clip"]["skipped"]
+  dom = out["features"]["domain"]
+  assert dom["settings"]["weights_sha256"] and dom["settings"]["reference_split"] == "test"
+  assert dom["settings"]["count_real"] == 20 and dom["all"]["fid"] > 0
+  assert dom["all"]["fid_ci"]["num_resamples"] == config.evaluation.bootstrap
+  assert {"kid", "kid_sem", "precision", "coverage", "clusters"} <= set(dom["all"])
+  assert dom["A"]["count_real"] == 4 and dom["A"]["count_generated"] == 3
+  phys = out["physics"]
+  assert phys["X"]["count_real"] == 4 and phys["all"]["wasserstein_dn_s"] > 0
+  assert "classifier" in out["conditioning_accuracy"]["skipped"]
+  d = os.path.join(workdir, "evaluation")
+  with open(os.path.join(d, "report.json")) as f:
+    assert json.load(f)["features"]["domain"]["all"]["fid"] == dom["all"]["fid"]
+  md = open(os.path.join(d, "report.md")).read()
+  assert "Skipped:" in md and "weights_sha256=" in md and "| all |" in md
+  for png in ("histograms.png", "spectra.png", "profiles.png", "metrics_table.png"):
+    assert os.path.getsize(os.path.join(d, png)) > 1000, png
+
+
+def test_conditioning_accuracy_per_class_and_scale():
+  labels = np.array([0, 0, 1, 1, 3], np.int32)
+  images = np.zeros((5, 4, 4, 1), np.float32)
+
+  def predict(x):
+    del x
+    return np.array([0, 1, 1, 1, 2])
+  out = report.conditioning_accuracy(None, None, predict, {0.0: (images, labels),
+                                                           3.0: (images, labels)})
+  assert out["0"] == {"all": 0.6, "count": 5, "A": 0.5, "B": 1.0, "M": 0.0}
+  assert set(out) == {"0", "3"}

@@ -1,0 +1,112 @@
+"""FID, KID and precision/recall/density/coverage against independent numpy/scipy code."""
+
+import numpy as np
+import pytest
+import scipy.spatial.distance
+
+from solar_ddpm_jax.evaluation import fid as fid_lib
+
+
+def _features(seed, n=200, d=16, shift=0.0, scale=1.0):
+  rng = np.random.default_rng(seed)
+  mix = rng.normal(size=(d, d)) / np.sqrt(d)
+  return (rng.normal(size=(n, d)) @ mix) * scale + shift
+
+
+def _fid_eigen(x, y):
+  """FID with Tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))): no scipy.linalg.sqrtm."""
+  mu1, mu2 = x.mean(0), y.mean(0)
+  s1 = np.cov(x, rowvar=False)
+  s2 = np.cov(y, rowvar=False)
+  w, v = np.linalg.eigh(s1)
+  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  tr = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+  return ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
+
+
+@pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (0.5, 1.3), (2.0, 0.7)])
+def test_fid_matches_eigen_formula(shift, scale):
+  x, y = _features(0), _features(1, shift=shift, scale=scale)
+  ours = fid_lib.fid(x, y)
+  ref = _fid_eigen(x, y)
+  np.testing.assert_allclose(ours, ref, rtol=1e-6)
+  assert ours > 0
+
+
+def test_fid_of_gaussians_has_closed_form():
+  # Isotropic covariances: FID = |mu1-mu2|^2 + d (s1 - s2)^2 with s = std.
+  d = 4
+  value = fid_lib.frechet_distance(np.zeros(d), 4 * np.eye(d), np.ones(d), np.eye(d))
+  np.testing.assert_allclose(value, d * 1.0 + d * (2 - 1) ** 2, rtol=1e-12)
+
+
+def test_fid_singular_covariance_is_finite_and_zero_for_same_set():
+  x = _features(0, n=10, d=32)  # Fewer samples than dimensions: singular covariances.
+  scale = np.trace(np.cov(x, rowvar=False))
+  assert abs(fid_lib.fid(x, x)) < 1e-6 * scale
+  assert np.isfinite(fid_lib.fid(x, _features(1, n=10, d=32)))
+
+
+def _mmd_loops(x, y):
+  def k(a, b):
+    return (a @ b / len(a) + 1) ** 3
+  m, n = len(x), len(y)
+  kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+  kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+  return kxx + kyy - 2 * kxy
+
+
+def test_mmd_matches_loops_and_kid_over_all_rows():
+  x, y = _features(0, n=20, d=5), _features(1, n=15, d=5, shift=0.3)
+  ref = _mmd_loops(x, y)
+  np.testing.assert_allclose(fid_lib.mmd2_unbiased(x, y), ref, rtol=1e-10)
+  out = fid_lib.kid(x[:15], y, subset_size=15, num_subsets=3)
+  np.testing.assert_allclose(out["kid"], _mmd_loops(x[:15], y), rtol=1e-10)
+  assert out["kid_std"] < 1e-12  # Every subset is the whole (permuted) set.
+
+
+def test_kid_separates_distributions_and_has_standard_error():
+  x, y, z = _features(0), _features(1), _features(2, shift=1.0)
+  same = fid_lib.kid(x, y, subset_size=50, num_subsets=20, seed=3)
+  diff = fid_lib.kid(x, z, subset_size=50, num_subsets=20, seed=3)
+  assert diff["kid"] > same["kid"] + 5 * diff["kid_sem"]
+  np.testing.assert_allclose(diff["kid_sem"], diff["kid_std"] / np.sqrt(20))
+  assert diff == fid_lib.kid(x, z, subset_size=50, num_subsets=20, seed=3)
+
+
+def _prdc_loops(real, fake, k):
+  dr = scipy.spatial.distance.cdist(real, real)
+  df = scipy.spatial.distance.cdist(fake, fake)
+  d = scipy.spatial.distance.cdist(real, fake)
+  rr = np.array([np.sort(row)[k] for row in dr])
+  rf = np.array([np.sort(row)[k] for row in df])
+  precision = np.mean([any(d[i, j] < rr[i] for i in range(len(real))) for j in range(len(fake))])
+  recall = np.mean([any(d[i, j] < rf[j] for j in range(len(fake))) for i in range(len(real))])
+  density = np.mean([sum(d[i, j] < rr[i] for i in range(len(real)))
+                     for j in range(len(fake))]) / k
+  coverage = np.mean([d[i].min() < rr[i] for i in range(len(real))])
+  return precision, recall, density, coverage
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.8])
+def test_prdc_matches_loops(shift):
+  real, fake = _features(0, n=60, d=6), _features(1, n=50, d=6, shift=shift, scale=0.8)
+  out = fid_lib.prdc(real, fake, k=5)
+  ref = _prdc_loops(real, fake, 5)
+  np.testing.assert_allclose([out["precision"], out["recall"], out["density"], out["coverage"]],
+                             ref, rtol=1e-12)
+
+
+def test_prdc_detects_mode_collapse():
+  real = _features(0, n=100, d=4)
+  fake = np.repeat(real[:1], 100, axis=0) + 1e-3 * _features(1, n=100, d=4)
+  out = fid_lib.prdc(real, fake, k=5)
+  assert out["precision"] > 0.9 and out["recall"] < 0.1 and out["coverage"] < 0.1
+
+
+def test_bootstrap_interval_contains_estimate_and_is_seeded():
+  x, y = _features(0, n=80, d=4), _features(1, n=80, d=4, shift=0.5)
+  ci = fid_lib.bootstrap_ci(fid_lib.fid, x, y, num_resamples=30, seed=1)
+  assert ci["low"] < fid_lib.fid(x, y) < ci["high"] + ci["std"]
+  assert ci == fid_lib.bootstrap_ci(fid_lib.fid, x, y, num_resamples=30, seed=1)

@@ -1,0 +1,90 @@
+"""Synthetic archive -> builder -> global sharded batches on 8 virtual CPU devices."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import aia171
+from solar_ddpm_jax import input_pipeline, sharding
+from tfds_aia import builder as aia_builder
+from tfds_aia import goes, splits
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  config = aia171.get_config("test")
+  config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.data.synthetic.num_images = 40
+  return config
+
+
+def test_synthetic_build_batches_labels_split(config):
+  b = input_pipeline.build_dataset(config, None)
+  assert b.builder_config.name == "res16_171"
+  counts = {k: v.num_examples for k, v in b.info.splits.items()}
+  dropped = aia_builder.read_manifest(b)
+  assert sum(counts.values()) + len(dropped) == 40 and min(counts.values()) > 0
+  assert all("split boundary" in row["reason"] for row in dropped)
+  arrays = {s: input_pipeline.load_split_arrays(config, s) for s in splits.SPLITS}
+  b1, b2 = splits.to_unix_s(config.data.train_end), splits.to_unix_s(config.data.val_end)
+  gap = config.data.split_gap_hours * 3600
+  assert arrays["train"]["time_unix_s"].max() < b1 - gap
+  assert b1 + gap <= arrays["validation"]["time_unix_s"].min()
+  assert arrays["validation"]["time_unix_s"].max() < b2 - gap
+  assert arrays["test"]["time_unix_s"].min() >= b2 + gap
+  for a in arrays.values():  # Labels are the class of the stored flux, images in [-1, 1].
+    np.testing.assert_array_equal(a["flare_class"], goes.flux_to_class(a["goes_flux_w_m2"])[0])
+    assert a["image"].shape[1:] == (16, 16, 1) and np.abs(a["image"]).max() <= 1
+  train = arrays["train"]
+  # Flares grow with class: the brightest pixel rises with the flare class on average.
+  peak = train["image"].reshape(len(train["image"]), -1).max(1)
+  low, high = peak[train["flare_class"] <= 1], peak[train["flare_class"] >= 3]
+  if len(low) and len(high):
+    assert high.mean() > low.mean()
+
+  assert jax.device_count() == 8
+  mesh = sharding.create_mesh(config.mesh)
+  it = input_pipeline.create_train_iterator(config, mesh)
+  batch = next(it)
+  assert batch["image"].shape == (8, 16, 16, 1) and batch["label"].dtype == np.int32
+  assert batch["image"].sharding == sharding.batch_sharding(mesh, 4)
+  assert len(batch["image"].addressable_shards) == 8
+  assert batch["image"].addressable_shards[0].data.shape == (1, 16, 16, 1)
+  idx = input_pipeline.batch_indices(len(train["flare_class"]), 8, 0, config.seed)
+  np.testing.assert_array_equal(np.asarray(batch["label"]), train["flare_class"][idx])
+  np.testing.assert_array_equal(np.asarray(batch["image"]), train["image"][idx])
+
+
+def test_resume_at_step_equals_fresh_stream(config):
+  mesh = sharding.create_mesh(config.mesh)
+  fresh = input_pipeline.create_train_iterator(config, mesh)
+  stream = [next(fresh) for _ in range(7)]  # Crosses an epoch boundary (fewer than 56 examples).
+  resumed = input_pipeline.create_train_iterator(config, mesh, start_step=5)
+  for k in (5, 6):
+    got = next(resumed)
+    np.testing.assert_array_equal(np.asarray(got["image"]), np.asarray(stream[k]["image"]))
+    np.testing.assert_array_equal(np.asarray(got["label"]), np.asarray(stream[k]["label"]))
+  n = 30
+  whole = np.concatenate([input_pipeline.epoch_order(n, 0, e) for e in range(3)])
+  for k in range(10):
+    np.testing.assert_array_equal(input_pipeline.batch_indices(n, 8, k, 0), whole[8 * k:8 * k + 8])
+  assert sorted(input_pipeline.epoch_order(n, 0, 1)) == list(range(n))
+  order = input_pipeline.epoch_order
+  assert not np.array_equal(order(n, 0, 1), order(n, 1, 1))
+
+
+def test_array_record_reads_the_same(config, tmp_path):
+  other = aia171.get_config("test")
+  other.data.data_dir, other.data.file_format = str(tmp_path), "array_record"
+  other.data.synthetic.num_images = 40
+  a = input_pipeline.load_split_arrays(config, "validation")
+  b = input_pipeline.load_split_arrays(other, "validation")
+  assert input_pipeline._builder(other).info.file_format.value == "array_record"
+  for k in input_pipeline.ARRAY_FIELDS:
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_class_balanced_sampling():
+  labels = np.array([0] * 90 + [4] * 10)
+  draws = np.concatenate([input_pipeline.epoch_order(100, 0, e, labels=labels) for e in range(20)])
+  assert abs((labels[draws] == 4).mean() - 0.5) < 0.05

@@ -1,0 +1,57 @@
+"""Preprocessing: block sums, ceilings, stretches and their exact inverses."""
+
+import numpy as np
+import pytest
+
+from tfds_aia import preprocess
+
+
+@pytest.mark.parametrize("stretch", ["log", "asinh"])
+def test_inverse_round_trip_per_channel(stretch):
+  rng = np.random.default_rng(0)
+  ceiling = np.array([3000.0, 500.0])
+  dn_per_s = rng.uniform(0, 1, (4, 8, 8, 2)) * ceiling
+  x = preprocess.to_model_range(dn_per_s, ceiling, stretch, 0.01)
+  assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+  back = preprocess.to_dn_per_s(x, ceiling, stretch, 0.01)
+  np.testing.assert_allclose(back, dn_per_s, rtol=2e-5, atol=1e-3)
+  np.testing.assert_allclose(preprocess.to_model_range(ceiling, ceiling, stretch), [1, 1])
+  np.testing.assert_allclose(preprocess.to_model_range([0.0, 0.0], ceiling, stretch), [-1, -1])
+
+
+def test_stretch_formulas_match_documentation():
+  v, c, a = 250.0, 3000.0, 0.01
+  assert preprocess.to_model_range(v, c, "log") == pytest.approx(
+      2 * np.log(1 + v) / np.log(1 + c) - 1, rel=1e-6)
+  assert preprocess.to_model_range(v, c, "asinh", a) == pytest.approx(
+      2 * np.arcsinh(v / (a * c)) / np.arcsinh(1 / a) - 1, rel=1e-6)
+  assert preprocess.to_model_range(2 * c, c, "log") == 1.0  # Clipped to the ceiling.
+
+
+def test_block_sum_and_effective_ceiling():
+  rng = np.random.default_rng(1)
+  image = rng.uniform(0, 10, (12, 12))
+  expected = np.array([[image[i * 4:(i + 1) * 4, j * 4:(j + 1) * 4].sum() for j in range(3)]
+                       for i in range(3)])
+  np.testing.assert_allclose(preprocess.downsample(image, 3, "sum"), expected)
+  np.testing.assert_allclose(preprocess.downsample(image, 3, "resize"), expected / 16)
+  assert preprocess.effective_ceiling(3000.0, 4096, 64, "sum") == 3000.0 * 64 * 64
+  assert preprocess.effective_ceiling(3000.0, 4096, 64, "resize") == 3000.0
+  with pytest.raises(ValueError, match="not divisible"):
+    preprocess.downsample(image, 5, "sum")
+  # Non-integer resize keeps the mean (area weights sum to one).
+  assert preprocess.area_resize(image, 5).mean() == pytest.approx(image.mean())
+
+
+def test_preprocess_channel_and_degradation(tmp_path):
+  table = tmp_path / "degradation.csv"
+  table.write_text("wavelength,time,factor\n171,2010-05-01T00:00:00,1.0\n"
+                   "171,2012-05-01T00:00:00,0.5\n")
+  parsed = preprocess.load_degradation_table(str(table))
+  mid = (parsed[171][0][0] + parsed[171][0][1]) / 2
+  assert preprocess.degradation_factor(parsed, 171, mid) == pytest.approx(0.75)
+  data = np.full((8, 8), 100.0)
+  out = preprocess.preprocess_channel(data, 2.0, resolution=2, dn_ceiling=1000.0,
+                                      degradation=0.5)
+  expected = 2 * np.log1p(100 / 2 / 0.5 * 16) / np.log1p(1000 * 16) - 1
+  np.testing.assert_allclose(out, np.full((2, 2), expected), rtol=1e-6)

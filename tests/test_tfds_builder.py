@@ -1,0 +1,191 @@
+"""The aia_flares builder on sunpy's real test files, and on bad input."""
+
+import datetime as dt
+import os
+import shutil
+
+import numpy as np
+import pytest
+import sunpy.data.test
+import tensorflow_datasets as tfds
+from astropy.io import fits
+
+from configs import aia171
+from tfds_aia import builder as aia_builder
+from tfds_aia import synthetic
+
+TEST_DIR = os.path.dirname(sunpy.data.test.__file__)
+AIA = os.path.join(TEST_DIR, "aia_171_level1.fits")
+GO15 = os.path.join(TEST_DIR, "go1520110607.fits")
+IMAGE_TIME = "2011-06-07T06:41:25.000"  # Near the peak of the M2.5 flare.
+
+
+def _data_config(resolution=16):
+  config = aia171.get_config("test").data
+  config.resolution = resolution
+  config.train_end, config.val_end, config.split_gap_hours = "2011-06-07T12:00", "2011-06-08", 1.0
+  config.goes_tolerance_s = 10.0
+  config.goes_scaling = "noaa_0.7"
+  return config
+
+
+def _shifted_copy(out_path, t_obs, **changes):
+  with fits.open(AIA) as hdul:
+    header, data = hdul[0].header.copy(), hdul[0].data.astype(np.float64)
+  header["T_OBS"] = t_obs + "Z"
+  header["DATE-OBS"] = t_obs
+  for key, value in changes.items():
+    if value is None:
+      del header[key]
+    else:
+      header[key] = value
+  fits.writeto(out_path, data, header, overwrite=True)
+  return data, header
+
+
+def _independent_goes15(t_unix):
+  with fits.open(GO15) as hdul:
+    start = dt.datetime.strptime(hdul[0].header["DATE-OBS"], "%d/%m/%Y").replace(tzinfo=dt.UTC)
+    t = start.timestamp() + np.asarray(hdul[2].data["TIME"][0], np.float64)
+    flux = np.asarray(hdul[2].data["FLUX"][0][:, 0], np.float64)
+  good = flux > 0
+  return float(np.interp(t_unix, t[good], flux[good]))
+
+
+def _build(config, manual_dir, data_dir):
+  b = aia_builder.make_builder(config, data_dir=str(data_dir))
+  return aia_builder.build(b, str(manual_dir))
+
+
+def test_real_sunpy_files_build_and_read_back(tmp_path):
+  manual = tmp_path / "manual"
+  os.makedirs(manual / "goes")
+  shutil.copy(GO15, manual / "goes")
+  data, header = _shifted_copy(manual / "aia_171_shifted.fits", IMAGE_TIME)
+  config = _data_config()
+  b = _build(config, manual, tmp_path / "tfds")
+  assert b.info.splits["train"].num_examples == 1
+  ex = next(iter(tfds.as_numpy(b.as_dataset(split="train"))))
+  # Independent: DN / EXPTIME, 8x8 block sums, clip to 3000 DN/s x 64, log stretch.
+  dn_per_s = data / header["EXPTIME"]
+  blocks = np.add.reduceat(np.add.reduceat(dn_per_s, np.arange(0, 128, 8), 0),
+                           np.arange(0, 128, 8), 1)
+  ceiling = 3000.0 * 64
+  expected = 2 * np.log1p(np.clip(blocks, 0, ceiling)) / np.log1p(ceiling) - 1
+  assert ex["image"].shape == (16, 16, 1)
+  np.testing.assert_allclose(ex["image"][..., 0], expected, rtol=1e-5, atol=1e-6)
+  t_unix = dt.datetime.fromisoformat(IMAGE_TIME).replace(tzinfo=dt.UTC).timestamp()
+  flux = _independent_goes15(t_unix)
+  assert 1e-5 <= flux < 1e-4  # The M2.5 flare.
+  assert ex["flare_class"] == 3 and ex["subclass"] == pytest.approx(flux / 1e-5, rel=1e-5)
+  assert ex["goes_flux_w_m2"] == pytest.approx(flux, rel=1e-5)
+  assert ex["time_unix_s"] == pytest.approx(t_unix, abs=1e-3)
+  assert ex["satellite"] == b"GOES-15" and ex["scaling_policy"] == b"noaa_0.7"
+  assert ex["source_file"] == b"aia_171_shifted.fits"
+  assert aia_builder.read_manifest(b) == []
+
+
+def test_bad_input_goes_to_skip_manifest(tmp_path):
+  manual = tmp_path / "manual"
+  os.makedirs(manual / "goes")
+  shutil.copy(GO15, manual / "goes")
+  good = [f"good_{i}.fits" for i in range(3)]
+  for i, name in enumerate(good):
+    _shifted_copy(manual / name, f"2011-06-07T0{2 + i}:00:00.000")
+  data, _ = _shifted_copy(manual / "truncated.fits", "2011-06-07T06:00:00.000")
+  raw = (manual / "truncated.fits").read_bytes()
+  (manual / "truncated.fits").write_bytes(raw[: len(raw) // 2])
+  _shifted_copy(manual / "nans.fits", "2011-06-07T07:00:00.000")
+  with fits.open(manual / "nans.fits", mode="update") as hdul:
+    hdul[0].data[5:9, 5:9] = np.nan
+  _shifted_copy(manual / "wrong_wavelength.fits", "2011-06-07T08:00:00.000", WAVELNTH=193)
+  _shifted_copy(manual / "no_exptime.fits", "2011-06-07T09:00:00.000", EXPTIME=None)
+  _shifted_copy(manual / "goes_gap.fits", "2011-06-09T10:00:00.000")  # After the GOES file.
+  b = _build(_data_config(), manual, tmp_path / "tfds")
+  reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
+  assert set(reasons) == {"truncated.fits", "nans.fits", "wrong_wavelength.fits",
+                          "no_exptime.fits", "goes_gap.fits"}
+  assert "truncated" in reasons["truncated.fits"] or "unreadable" in reasons["truncated.fits"]
+  assert "NaN" in reasons["nans.fits"]
+  assert "193" in reasons["wrong_wavelength.fits"]
+  assert "EXPTIME" in reasons["no_exptime.fits"]
+  assert "GOES" in reasons["goes_gap.fits"]
+  names = [ex["source_file"].decode()
+           for ex in tfds.as_numpy(b.as_dataset(split="train", shuffle_files=False))]
+  assert sorted(names) == good
+
+
+def test_synthetic_archive_headers_and_keys(tmp_path):
+  import sunpy.map
+  summary = synthetic.write_archive(str(tmp_path / "a"), num_images=6, image_size=64, seed=3,
+                                    compress=True)  # Rice-compressed image in HDU 1, as AIA.
+  assert sum(summary["class_counts"]) == 6
+  path = sorted((tmp_path / "a" / "aia" / "171").iterdir())[0]
+  with fits.open(path) as hdul:
+    assert isinstance(hdul[1], fits.CompImageHDU)
+  m = sunpy.map.Map(str(path))
+  assert type(m).__name__ == "AIAMap" and int(m.wavelength.value) == 171
+  assert m.scale.axis1.value == pytest.approx(0.6 * 4096 / 64)
+  config = _data_config(16)
+  config.train_end, config.val_end = "2013-01-01", "2014-01-01"
+  b1 = _build(config, tmp_path / "a", tmp_path / "t1")
+  shutil.copytree(tmp_path / "a", tmp_path / "moved" / "elsewhere")
+  b2 = _build(config, tmp_path / "moved", tmp_path / "t2")
+  keys = lambda b: sorted(  # noqa: E731
+      f"{ex['time_unix_s']:.3f}" for s in ("train", "validation", "test")
+      for ex in tfds.as_numpy(b.as_dataset(split=s)))
+  assert keys(b1) == keys(b2) and len(keys(b1)) + len(aia_builder.read_manifest(b1)) == 6
+
+
+def test_process_pool_build_equals_single_process(tmp_path, monkeypatch):
+  import concurrent.futures
+  pools = []
+
+  class CountingPool(concurrent.futures.ProcessPoolExecutor):
+    def __init__(self, *args, **kwargs):
+      pools.append(args)
+      super().__init__(*args, **kwargs)
+
+  monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountingPool)
+  synthetic.write_archive(str(tmp_path / "a"), num_images=12, image_size=64, seed=5)
+  config = _data_config(16)
+  config.train_end, config.val_end = "2016-01-01", "2017-01-01"
+  examples = []
+  for workers in (1, 2):
+    config.num_workers, config.max_in_flight = workers, 3
+    b = _build(config, tmp_path / "a", tmp_path / f"t{workers}")
+    examples.append(list(tfds.as_numpy(b.as_dataset(split="train", shuffle_files=False))))
+    assert b.settings["num_workers"] == workers
+  assert len(examples[0]) == 12 and [p[0] for p in pools] == [2]  # Only the second used a pool.
+  key = lambda e: e["time_unix_s"]  # noqa: E731
+  for e1, e2 in zip(sorted(examples[0], key=key), sorted(examples[1], key=key), strict=True):
+    np.testing.assert_array_equal(e1["image"], e2["image"])
+    assert e1["flare_class"] == e2["flare_class"] and e1["source_file"] == e2["source_file"]
+
+
+def test_multichannel_hek_selection_and_array_record(tmp_path):
+  import json
+  synthetic.write_archive(str(tmp_path / "a"), num_images=10, image_size=32, seed=7,
+                          wavelengths=(171, 193), class_weights=(0, 0, 0, 1, 0))
+  os.remove(sorted((tmp_path / "a" / "aia" / "193").iterdir())[0])  # One frame lacks 193 A.
+  times = sorted(p.name for p in (tmp_path / "a" / "aia" / "171").iterdir())
+  peak = dt.datetime.strptime(times[1][-20:-5], "%Y%m%d_%H%M%S").isoformat()
+  events = tmp_path / "events.json"  # One HEK flare peak, at the second frame.
+  events.write_text(json.dumps([{"event_starttime": peak, "event_peaktime": peak,
+                                 "event_endtime": peak, "fl_goescls": "M1.0"}]))
+  config = _data_config(8)
+  config.channels, config.dn_ceiling = (171, 193), (3000.0, 6000.0)
+  config.train_end, config.val_end = "2016-01-01", "2017-01-01"
+  config.hek_events, config.file_format = str(events), "array_record"
+  config.goes_scaling = "science"  # The synthetic GOES file is science data: M stays M.
+  b = _build(config, tmp_path / "a", tmp_path / "t")
+  assert b.builder_config.name == "res8_171_193"
+  assert any(f.name.endswith("array_record-00000-of-00001") or "array_record" in f.name
+             for f in b.data_path.iterdir())
+  examples = list(b.as_data_source(split="train"))  # Random access (array_record).
+  assert len(examples) == 1 and examples[0]["image"].shape == (8, 8, 2)
+  assert examples[0]["source_file"].decode().split(",") == [
+      times[1], times[1].replace("171a", "193a")]
+  reasons = [row["reason"] for row in aia_builder.read_manifest(b)]
+  assert sum("no 193 A frame" in r for r in reasons) == 1
+  assert sum("no HEK flare peak" in r for r in reasons) == 8

@@ -1,0 +1,14 @@
+"""TFDS builder package `aia_flares`: SDO/AIA FITS + GOES XRS labels (+ HEK events) -> TFRecords.
+
+Modules, in the order data flows through them:
+  fits_io     read and validate AIA level-1 FITS files (compressed or plain)
+  preprocess  DN -> DN/s, degradation, block-sum downsampling, clip and stretch to [-1, 1], inverses
+  goes        GOES XRS 1-8 A fluxes, scaling policy, flux -> flare class, image and forecast labels
+  hek         HEK flare events (online query or a saved list) -> flaring times
+  splits      time splits with a gap at each boundary
+  synthetic   an AIA-like FITS archive with a consistent GOES XRS file
+  fetch       Fido download of AIA and GOES files into a manual_dir layout (online)
+  builder     the TFDS builder (imports tensorflow_datasets; import it explicitly)
+"""
+
+FLARE_CLASSES = ("A", "B", "C", "M", "X")  # Index i is label i.

@@ -1,0 +1,167 @@
+"""Reading and validating AIA level-1 FITS files (Rice-compressed as AIA ships them, or plain).
+
+Each check that fails raises `BadFileError` whose message names the file and the reason; the builder
+records it in the skip manifest and goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import warnings
+
+import numpy as np
+
+AIA_WAVELENGTHS = (94, 131, 171, 193, 211, 304, 335, 1600, 1700, 4500)
+
+
+class BadFileError(ValueError):
+  """A file that cannot go into the dataset; `reason` says why."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f"{os.path.basename(str(path))}: {reason}")
+    self.path = str(path)
+    self.reason = reason
+
+
+@dataclasses.dataclass
+class AiaHeader:
+  """What the builder needs from an AIA header."""
+  path: str
+  wavelength: int  # Angstrom
+  time_unix_s: float  # T_OBS (mid-exposure), else DATE-OBS
+  exptime_s: float
+  quality: int
+  shape: tuple[int, int]
+
+
+def _image_hdu(hdul):
+  """The image HDU: HDU 1 of compressed AIA files (CompImageHDU), else the first with data."""
+  from astropy.io import fits
+  for hdu in hdul:
+    if isinstance(hdu, fits.CompImageHDU):
+      return hdu
+  for hdu in hdul:
+    if hdu.header.get("NAXIS", 0) == 2:
+      return hdu
+  return None
+
+
+def parse_time(value) -> float:
+  """FITS time string (DATE-OBS / T_OBS, UTC, optional trailing Z) -> Unix seconds."""
+  text = str(value).strip().replace("Z", "").replace("_TAI", "")
+  t = dt.datetime.fromisoformat(text)
+  return t.replace(tzinfo=dt.UTC).timestamp() if t.tzinfo is None else t.timestamp()
+
+
+def _header_fields(path: str, header, shape) -> AiaHeader:
+  """Validated header fields (wavelength, time, exposure, quality, shape)."""
+  if "WAVELNTH" not in header:
+    raise BadFileError(path, "no WAVELNTH keyword")
+  try:
+    wavelength = int(round(float(header["WAVELNTH"])))
+  except (TypeError, ValueError):
+    raise BadFileError(path, f"unreadable WAVELNTH {header['WAVELNTH']!r}") from None
+  exptime = header.get("EXPTIME")
+  if exptime is None:
+    raise BadFileError(path, "no EXPTIME keyword (exposure time needed for DN/s)")
+  try:
+    exptime = float(exptime)
+  except (TypeError, ValueError):
+    raise BadFileError(path, f"unreadable EXPTIME {exptime!r}") from None
+  if not np.isfinite(exptime) or exptime <= 0:
+    raise BadFileError(path, f"EXPTIME {exptime} s is not positive")
+  stamp = header.get("T_OBS") or header.get("DATE-OBS")
+  if not stamp:
+    raise BadFileError(path, "no T_OBS or DATE-OBS keyword")
+  try:
+    time_unix_s = parse_time(stamp)
+  except ValueError:
+    raise BadFileError(path, f"unreadable observation time {stamp!r}") from None
+  return AiaHeader(path=str(path), wavelength=wavelength, time_unix_s=time_unix_s,
+                   exptime_s=exptime, quality=int(header.get("QUALITY", 0) or 0),
+                   shape=tuple(int(s) for s in shape))
+
+
+def check(header: AiaHeader, *, channels, resolution: int, downsample: str = "sum",
+          allowed_quality: int = 0) -> None:
+  """Raises BadFileError when the frame is not usable for these settings."""
+  if header.wavelength not in tuple(int(c) for c in channels):
+    raise BadFileError(header.path, f"wavelength {header.wavelength} A is not one of the "
+                       f"configured channels {tuple(channels)}")
+  if header.quality & ~int(allowed_quality):
+    raise BadFileError(header.path, f"QUALITY flag {header.quality:#x} is not 0")
+  h, w = header.shape
+  if h != w:
+    raise BadFileError(header.path, f"image is {h}x{w}, not square")
+  if h < resolution:
+    raise BadFileError(header.path, f"image {h}x{w} is smaller than the resolution {resolution}")
+  if downsample == "sum" and h % resolution:
+    raise BadFileError(header.path, f"image size {h} is not a multiple of the resolution "
+                       f"{resolution} (block sums need whole blocks; use downsample='resize')")
+
+
+def read_header(path: str) -> AiaHeader:
+  """Header fields of an AIA FITS file without reading its pixels."""
+  from astropy.io import fits
+  try:
+    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+      warnings.simplefilter("ignore")
+      hdu = _image_hdu(hdul)
+      if hdu is None:
+        raise BadFileError(path, "no 2-D image HDU")
+      header = hdu.header
+      shape = (header.get("NAXIS2", header.get("ZNAXIS2")), header.get("NAXIS1"))
+      return _header_fields(path, header, shape)
+  except BadFileError:
+    raise
+  except Exception as e:  # astropy raises many kinds on damaged files.
+    raise BadFileError(path, f"unreadable FITS ({e.__class__.__name__}: {e})") from None
+
+
+def read_data(path: str, max_nan_fraction: float = 0.0) -> np.ndarray:
+  """The image [H, W] float32 in DN; non-finite pixels are an error above `max_nan_fraction`
+  (and are set to 0 below it)."""
+  from astropy.io import fits
+  try:
+    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+      warnings.simplefilter("ignore")
+      hdu = _image_hdu(hdul)
+      data = None if hdu is None else hdu.data
+      if data is None:
+        raise BadFileError(path, "no image data")
+      data = np.array(data, dtype=np.float32)
+  except BadFileError:
+    raise
+  except Exception as e:
+    raise BadFileError(path, f"unreadable or truncated FITS data ({e.__class__.__name__}: {e})"
+                       ) from None
+  bad = ~np.isfinite(data)
+  if bad.any():
+    fraction = float(bad.mean())
+    if fraction > max_nan_fraction:
+      raise BadFileError(path, f"{bad.sum()} NaN/inf pixels ({fraction:.2%} of the image)")
+    data[bad] = 0.0
+  return data
+
+
+def register_level15(path: str, data: np.ndarray) -> np.ndarray:
+  """Level 1 -> 1.5 with aiapy (rotate, rescale to 0.6 arcsec/px, centre); needs aiapy."""
+  try:
+    import aiapy.calibrate
+    import sunpy.map
+  except ImportError as e:
+    raise BadFileError(path, f"register=True needs aiapy ({e})") from None
+  from astropy.io import fits
+  with fits.open(path) as hdul:
+    header = _image_hdu(hdul).header.copy()
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      registered = aiapy.calibrate.register(sunpy.map.Map(data, header))
+  except Exception as e:
+    raise BadFileError(path, f"aiapy registration failed ({e.__class__.__name__}: {e})") from None
+  out = np.asarray(registered.data, np.float32)
+  n = min(out.shape[0], data.shape[0])
+  return np.nan_to_num(out[:n, :n])

@@ -1,0 +1,175 @@
+"""GOES XRS 1-8 A fluxes -> flare class labels, with an explicit flux scaling policy.
+
+Scaling policy (config.data.goes_scaling), applied to every file by what its data are:
+  | data                                          | native   | "science"  | "noaa_0.7" |
+  | GOES <= 15 NOAA operational: go15YYYYMMDD.fits | noaa_0.7 | flux / 0.7 | flux       |
+  |   and the old g15_xrs_*.nc netCDF             |          |            |            |
+  | science L2 netCDF (sci_gxrs-l2-*, sci_xrsf-l2-*: | science  | flux       | flux * 0.7 |
+  |   reprocessed GOES 1-15 and GOES-16+)         |          |            |            |
+Classes: A, B, C, M, X start at 1e-8, 1e-7, 1e-6, 1e-5, 1e-4 W/m^2; sub-class = flux / class base
+(M2.5 = 2.5e-5 W/m^2). Fluxes below 1e-8 are A with a sub-class below 1; X has no upper end (X20).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from tfds_aia import FLARE_CLASSES
+
+CLASS_BASES_W_M2 = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)  # Flux at which A, B, C, M, X start.
+NOAA_SCALING = 0.7  # Old NOAA GOES <= 15 fluxes = 0.7 x the true (science) flux.
+POLICIES = ("science", "noaa_0.7")
+
+
+class GoesGapError(ValueError):
+  """No valid GOES flux within the tolerance of a time."""
+
+
+def flux_to_class(flux_w_m2):
+  """Flux (W/m^2) -> (class index 0..4 int32, sub-class float64): 2.5e-5 -> (3, 2.5)."""
+  flux = np.asarray(flux_w_m2, np.float64)
+  index = np.searchsorted(np.asarray(CLASS_BASES_W_M2[1:]), flux, side="right").astype(np.int32)
+  subclass = flux / np.asarray(CLASS_BASES_W_M2)[index]
+  return index, subclass
+
+
+def class_name(flux_w_m2: float) -> str:
+  """Flux -> the usual name, e.g. 2.5e-5 -> "M2.5"."""
+  index, subclass = flux_to_class(flux_w_m2)
+  return f"{FLARE_CLASSES[int(index)]}{float(subclass):.3g}"
+
+
+def class_index(name: str) -> int:
+  """"M2.5" or "M" -> 3."""
+  return FLARE_CLASSES.index(name.strip()[0].upper())
+
+
+def class_to_flux(name: str) -> float:
+  """"M2.5" -> 2.5e-5 W/m^2 (the class base when no sub-class is given)."""
+  name = name.strip()
+  base = CLASS_BASES_W_M2[class_index(name)]
+  return base * float(name[1:]) if len(name) > 1 else base
+
+
+@dataclasses.dataclass
+class GoesFlux:
+  """Valid 1-8 A fluxes on the policy's scale, sorted by time."""
+  time_unix_s: np.ndarray  # [N] float64
+  flux_w_m2: np.ndarray  # [N] float64, already scaled by `policy`
+  satellite: np.ndarray  # [N] str, e.g. "GOES-15"
+  policy: str
+
+  def __len__(self):
+    return len(self.time_unix_s)
+
+
+def native_scale(meta: dict, filename: str) -> str:
+  """"science" for reprocessed L2 science data and GOES-16+, "noaa_0.7" for old operational data."""
+  name = os.path.basename(filename).lower()
+  level = str(meta.get("processing_level", "") or "").lower()
+  if name.startswith("sci_") or "level 2" in level or "l2" in name.split("_")[0]:
+    return "science"
+  return "noaa_0.7"
+
+
+def policy_factor(native: str, policy: str) -> float:
+  """Factor that takes fluxes from their native scale to the policy's scale."""
+  if policy not in POLICIES:
+    raise ValueError(f"Unknown GOES scaling policy {policy!r}; choose one of {POLICIES}.")
+  if native == policy:
+    return 1.0
+  return 1.0 / NOAA_SCALING if policy == "science" else NOAA_SCALING
+
+
+def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
+  """One GOES XRS file (GOES-13/14/15 FITS or netCDF, GOES-16+ netCDF) via sunpy's TimeSeries.
+
+  Keeps the 1-8 A channel (xrsb) where it is finite, positive and (when the file has flags) its
+  quality flag is 0; scales it to `policy`.
+  """
+  import sunpy.timeseries
+
+  series = sunpy.timeseries.TimeSeries(str(path))
+  frame = series.to_dataframe()
+  flux = frame["xrsb"].to_numpy(np.float64)
+  good = np.isfinite(flux) & (flux > 0)
+  if "xrsb_quality" in frame:
+    quality = frame["xrsb_quality"].to_numpy()
+    good &= np.nan_to_num(quality.astype(np.float64), nan=1.0) == 0
+  times = frame.index.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
+  meta = dict(series.meta.metas[0]) if series.meta.metas else {}
+  satellite = series.observatory or "GOES"
+  factor = policy_factor(native_scale(meta, path), policy)
+  order = np.argsort(times[good], kind="stable")
+  return GoesFlux(time_unix_s=times[good][order], flux_w_m2=flux[good][order] * factor,
+                  satellite=np.full(int(good.sum()), satellite), policy=policy)
+
+
+def merge(parts: list[GoesFlux]) -> GoesFlux:
+  """Several files as one time series (the first file wins on identical times)."""
+  if not parts:
+    raise ValueError("No GOES XRS data.")
+  t = np.concatenate([p.time_unix_s for p in parts])
+  order = np.argsort(t, kind="stable")
+  t = t[order]
+  keep = np.concatenate([[True], np.diff(t) > 0])
+  pick = lambda a: np.concatenate(a)[order][keep]
+  return GoesFlux(time_unix_s=t[keep], flux_w_m2=pick([p.flux_w_m2 for p in parts]),
+                  satellite=pick([p.satellite for p in parts]), policy=parts[0].policy)
+
+
+def read_goes(paths, policy: str = "science") -> GoesFlux:
+  """All GOES XRS files of an archive, merged into one sorted series."""
+  return merge([read_goes_file(p, policy) for p in sorted(paths)])
+
+
+def flux_at(goes: GoesFlux, time_unix_s: float, tolerance_s: float = 60.0) -> tuple[float, str]:
+  """Flux at a time: linear between the valid samples around it when both are within
+  `tolerance_s`, else the nearest one within `tolerance_s`; a GoesGapError otherwise."""
+  t = goes.time_unix_s
+  i = int(np.searchsorted(t, time_unix_s))
+  before = i - 1 if i > 0 else None
+  after = i if i < len(t) else None
+  if after is not None and t[after] == time_unix_s:
+    return float(goes.flux_w_m2[after]), str(goes.satellite[after])
+  near = [j for j in (before, after) if j is not None and abs(t[j] - time_unix_s) <= tolerance_s]
+  if not near:
+    raise GoesGapError(f"no valid GOES 1-8 A flux within {tolerance_s:g} s of the image time")
+  if len(near) == 2:
+    w = (time_unix_s - t[before]) / (t[after] - t[before])
+    flux = (1 - w) * goes.flux_w_m2[before] + w * goes.flux_w_m2[after]
+    return float(flux), str(goes.satellite[before])
+  return float(goes.flux_w_m2[near[0]]), str(goes.satellite[near[0]])
+
+
+def peak_flux(goes: GoesFlux, start_unix_s: float, window_s: float) -> float:
+  """Largest valid flux in [start, start + window] (the forecast label's flux); NaN when none."""
+  lo = np.searchsorted(goes.time_unix_s, start_unix_s, side="left")
+  hi = np.searchsorted(goes.time_unix_s, start_unix_s + window_s, side="right")
+  return float(goes.flux_w_m2[lo:hi].max()) if hi > lo else float("nan")
+
+
+@dataclasses.dataclass
+class Label:
+  """The GOES labels of one image."""
+  flux_w_m2: float
+  flare_class: int
+  subclass: float
+  forecast_class: int
+  satellite: str
+  policy: str
+
+
+def label_image(goes: GoesFlux, time_unix_s: float, *, tolerance_s: float,
+                forecast_window_s: float) -> Label:
+  """Class of the flux at the image time (the paper's label) and the peak class in the window
+  after it (forecast label; the image-time flux counts, so the window is never empty)."""
+  flux, satellite = flux_at(goes, time_unix_s, tolerance_s)
+  index, subclass = flux_to_class(flux)
+  peak = np.nanmax([flux, peak_flux(goes, time_unix_s, forecast_window_s)])
+  return Label(flux_w_m2=flux, flare_class=int(index), subclass=float(subclass),
+               forecast_class=int(flux_to_class(peak)[0]), satellite=satellite,
+               policy=goes.policy)

@@ -1,0 +1,152 @@
+"""AIA level-1 images -> model inputs in [-1, 1], and the exact inverse back to DN/s.
+
+The forward map of one channel, in this order:
+  1. dn_per_s = data_dn / exptime_s                      (level-1 DN -> DN/s)
+  2. dn_per_s /= degradation factor                      (optional, from a correction table)
+  3. downsample to R x R:
+       "sum":    sum of f x f blocks, f = size / R (SDOML style): DN/s per output pixel = the sum
+                 of the DN/s of the f*f input pixels it covers;
+       "resize": area-averaging resize (the mean of the covered input area; any size ratio).
+  4. clip to [0, c_eff] where c_eff = dn_ceiling * f*f for "sum" (the ceiling is given per input
+     pixel, so the summed block has f*f times its range) and c_eff = dn_ceiling for "resize";
+  5. stretch to [-1, 1]:
+       "log":   x = 2 * log1p(v) / log1p(c_eff) - 1
+       "asinh": x = 2 * asinh(v / (a * c_eff)) / asinh(1 / a) - 1     (a = asinh_a)
+`to_dn_per_s` inverts steps 5 (exactly, for v in [0, c_eff]); `block_area` and
+`effective_ceiling` give c_eff so that samples can be returned in DN/s per output pixel.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+
+import numpy as np
+
+STRETCHES = ("log", "asinh")
+DOWNSAMPLE_METHODS = ("sum", "resize")
+
+
+def _per_channel(value, x) -> np.ndarray:
+  """`value` (scalar or one per channel) broadcast against the last axis of `x`."""
+  value = np.asarray(value, np.float64)
+  if value.ndim == 0 or np.ndim(x) == 0:
+    return value
+  return value.reshape((1,) * (np.ndim(x) - 1) + (-1,))
+
+
+def to_model_range(dn_per_s, ceiling, stretch: str = "log", asinh_a: float = 0.01) -> np.ndarray:
+  """DN/s [..., C] -> [-1, 1]: clip to [0, ceiling] per channel, then the log or asinh stretch."""
+  x = np.asarray(dn_per_s, np.float64)
+  c = _per_channel(ceiling, x)
+  v = np.clip(x, 0.0, c)
+  if stretch == "log":
+    y = 2.0 * np.log1p(v) / np.log1p(c) - 1.0
+  elif stretch == "asinh":
+    y = 2.0 * np.arcsinh(v / (asinh_a * c)) / np.arcsinh(1.0 / asinh_a) - 1.0
+  else:
+    raise ValueError(f"Unknown stretch {stretch!r}; choose one of {STRETCHES}.")
+  return y.astype(np.float32)
+
+
+def to_dn_per_s(x, ceiling, stretch: str = "log", asinh_a: float = 0.01) -> np.ndarray:
+  """[-1, 1] [..., C] -> DN/s: the exact inverse of `to_model_range` on [0, ceiling]."""
+  y = np.clip(np.asarray(x, np.float64), -1.0, 1.0)
+  c = _per_channel(ceiling, y)
+  if stretch == "log":
+    v = np.expm1((y + 1.0) / 2.0 * np.log1p(c))
+  elif stretch == "asinh":
+    v = asinh_a * c * np.sinh((y + 1.0) / 2.0 * np.arcsinh(1.0 / asinh_a))
+  else:
+    raise ValueError(f"Unknown stretch {stretch!r}; choose one of {STRETCHES}.")
+  return v.astype(np.float32)
+
+
+def block_area(input_size: int, resolution: int, method: str = "sum") -> float:
+  """Input pixels summed into one output pixel: (size / R)^2 for "sum", 1 for "resize" (a mean)."""
+  if method == "sum":
+    return float((input_size // resolution) ** 2)
+  if method == "resize":
+    return 1.0
+  raise ValueError(f"Unknown downsample {method!r}; choose one of {DOWNSAMPLE_METHODS}.")
+
+
+def effective_ceiling(dn_ceiling, input_size: int, resolution: int, method: str = "sum"):
+  """The clip ceiling of a downsampled pixel: per-input-pixel ceiling x block area."""
+  return np.asarray(dn_ceiling, np.float64) * block_area(input_size, resolution, method)
+
+
+def block_sum(image: np.ndarray, resolution: int) -> np.ndarray:
+  """Sum of f x f blocks of an [H, W] image, f = H / resolution (must divide exactly)."""
+  h, w = image.shape
+  if h % resolution or w % resolution:
+    raise ValueError(f"Image {h}x{w} is not divisible into {resolution}x{resolution} blocks.")
+  fh, fw = h // resolution, w // resolution
+  return image.reshape(resolution, fh, resolution, fw).sum(axis=(1, 3), dtype=np.float64)
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] weights of an area-averaging resize (rows sum to 1)."""
+  edges_in = np.arange(n_in + 1, dtype=np.float64)
+  edges_out = np.linspace(0.0, n_in, n_out + 1)
+  lo = np.maximum(edges_out[:-1, None], edges_in[None, :-1])
+  hi = np.minimum(edges_out[1:, None], edges_in[None, 1:])
+  overlap = np.clip(hi - lo, 0.0, None)
+  return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def area_resize(image: np.ndarray, resolution: int) -> np.ndarray:
+  """Area-averaging resize of an [H, W] image to [R, R] (exact mean of the covered area)."""
+  h, w = image.shape
+  return _area_matrix(h, resolution) @ np.asarray(image, np.float64) @ _area_matrix(w, resolution).T
+
+
+def downsample(image: np.ndarray, resolution: int, method: str = "sum") -> np.ndarray:
+  """[H, W] -> [R, R] by block sums ("sum") or area-averaging resize ("resize")."""
+  if method == "sum":
+    return block_sum(image, resolution)
+  if method == "resize":
+    return area_resize(image, resolution)
+  raise ValueError(f"Unknown downsample {method!r}; choose one of {DOWNSAMPLE_METHODS}.")
+
+
+def load_degradation_table(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """A degradation table: CSV/ECSV columns `wavelength`, `time` (ISO UTC), `factor`.
+
+  The factor is the relative effective area (1 at launch) as in aiapy's correction table; images
+  are divided by it. Returns {wavelength: (time_unix_s sorted, factor)}.
+  """
+  with open(path) as f:
+    lines = [line for line in f if not line.startswith("#") and line.strip()]
+  delimiter = "," if "," in lines[0] else None
+  rows = list(csv.DictReader(lines, delimiter=delimiter or " ", skipinitialspace=True))
+  table: dict[int, list] = {}
+  for row in rows:
+    t = dt.datetime.fromisoformat(row["time"].replace("Z", "")).replace(tzinfo=dt.UTC)
+    pair = (t.timestamp(), float(row["factor"]))
+    table.setdefault(int(float(row["wavelength"])), []).append(pair)
+  out = {}
+  for wavelength, pairs in table.items():
+    pairs.sort()
+    out[wavelength] = (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+  return out
+
+
+def degradation_factor(table, wavelength: int, time_unix_s: float) -> float:
+  """The table's factor for a channel at a time (linear in time, constant beyond the ends)."""
+  if not table:
+    return 1.0
+  if wavelength not in table:
+    raise ValueError(f"Degradation table has no {wavelength} A entries.")
+  times, factors = table[wavelength]
+  return float(np.interp(time_unix_s, times, factors))
+
+
+def preprocess_channel(data_dn: np.ndarray, exptime_s: float, *, resolution: int, dn_ceiling: float,
+                       downsample_method: str = "sum", stretch: str = "log",
+                       asinh_a: float = 0.01, degradation: float = 1.0) -> np.ndarray:
+  """One AIA level-1 image [H, W] in DN -> [R, R] float32 in [-1, 1] (steps 1-5 above)."""
+  dn_per_s = np.asarray(data_dn, np.float64) / float(exptime_s) / float(degradation)
+  small = downsample(dn_per_s, resolution, downsample_method)
+  ceiling = effective_ceiling(dn_ceiling, data_dn.shape[0], resolution, downsample_method)
+  return to_model_range(small, ceiling, stretch, asinh_a)
