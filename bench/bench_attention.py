@@ -9,7 +9,8 @@ JAX rows, each jitted, inputs [batch, tokens, heads, head_dim]:
   einsum       heads moved next to batch ([B, N, T, D]), einsum - softmax - einsum
   bmm          heads merged into the batch ([B*N, T, D]), jnp.matmul - softmax - jnp.matmul
   blockwise    bmm over query chunks of --chunk under lax.map (memory O(chunk * T)), autodiff
-  flash        the same chunks with a custom VJP that recomputes them (FlashAttention-2 backward)
+  flash        the same chunks with a custom VJP that recomputes them (FlashAttention-2 backward):
+               solar_ddpm_jax.attention.blockwise_attention, the UNet's "blockwise" (CPU "auto")
 Torch rows: F.scaled_dot_product_attention (the fused kernel) and the explicit softmax(QK^T)V of
 nn.MultiheadAttention with need_weights=True (what the published network runs).
 "grad" is forward + backward of sum(out * cotangent) with respect to q, k, v. Prints; asserts
@@ -58,101 +59,13 @@ def attention_blockwise(q, k, v, chunk: int):
   return out.transpose(1, 0, 2, 3, 4).reshape(b, t, n, d)
 
 
-def attention_flash(q, k, v, chunk: int):
-  """Exact attention by query chunks with a recomputing backward (FlashAttention-2's algorithm).
-
-  q, k, v [B, T, N, D]. Forward: for each (batch*head, chunk of queries) the logits against all
-  keys, softmax, times v; only the output and the row log-sum-exp are kept. Backward: the logits
-  of one chunk are recomputed from the log-sum-exp, dk and dv accumulate over chunks in a scan.
-  No [T, T] array is ever stored, so XLA:CPU works from cache instead of memory.
-  """
-  b, t, n, d = q.shape
-  if t % chunk:
-    return attention_bmm(q, k, v)
-  merge = lambda x: x.transpose(0, 2, 1, 3).reshape(b * n, t, d)
-  out = _flash(merge(q * (d ** -0.5)), merge(k), merge(v), chunk)
-  return out.reshape(b, n, t, d).transpose(0, 2, 1, 3)
-
-
-def _flash_forward(q, k, v, chunk):
-  """q (scaled), k, v [G, T, D] -> (out [G, T, D], log-sum-exp of the logits [G, T])."""
-  import jax
-  import jax.numpy as jnp
-  g, t, d = q.shape
-  per_group = t // chunk
-  q_chunks = q.reshape(g * per_group, chunk, d)
-
-  def one(i):
-    kg = jax.lax.dynamic_index_in_dim(k, i // per_group, keepdims=False)
-    vg = jax.lax.dynamic_index_in_dim(v, i // per_group, keepdims=False)
-    logits = q_chunks[i] @ kg.T
-    peak = logits.max(-1, keepdims=True)
-    p = jnp.exp(logits - peak)
-    total = p.sum(-1, keepdims=True)
-    return (p @ vg) / total, (peak + jnp.log(total))[:, 0]
-
-  out, lse = jax.lax.map(one, jnp.arange(g * per_group))
-  return out.reshape(g, t, d), lse.reshape(g, t)
-
-
-def _flash_backward(chunk, residuals, d_out):
-  import jax
-  import jax.numpy as jnp
-  q, k, v, out, lse = residuals
-  g, t, d = q.shape
-  n = t // chunk
-  delta = (d_out * out).sum(-1)  # [G, T]: rowsum(dO * O) of the softmax backward.
-
-  def per_group(args):
-    qg, kg, vg, dog, lseg, deltag = args
-
-    def body(carry, xs):
-      dk, dv = carry
-      qi, doi, lsei, di = xs
-      p = jnp.exp(qi @ kg.T - lsei[:, None])
-      dv = dv + p.T @ doi
-      ds = p * (doi @ vg.T - di[:, None])
-      return (dk + ds.T @ qi, dv), ds @ kg
-
-    xs = (qg.reshape(n, chunk, d), dog.reshape(n, chunk, d), lseg.reshape(n, chunk),
-          deltag.reshape(n, chunk))
-    (dk, dv), dq = jax.lax.scan(body, (jnp.zeros_like(kg), jnp.zeros_like(vg)), xs)
-    return dq.reshape(t, d), dk, dv
-
-  return jax.lax.map(per_group, (q, k, v, d_out, lse, delta))
-
-
-def _make_flash():
-  import functools
-
-  import jax
-
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-  def flash(q, k, v, chunk):
-    return _flash_forward(q, k, v, chunk)[0]
-
-  def forward(q, k, v, chunk):
-    out, lse = _flash_forward(q, k, v, chunk)
-    return out, (q, k, v, out, lse)
-
-  flash.defvjp(forward, _flash_backward)
-  return flash
-
-
-def _flash(q, k, v, chunk):
-  global _FLASH
-  if _FLASH is None:
-    _FLASH = _make_flash()
-  return _FLASH(q, k, v, chunk)
-
-
-_FLASH = None
-
-
 def _jax_rows(args, size, channels):
   import jax
   import jax.numpy as jnp
   import numpy as np
+
+  sys.path.insert(0, common.REPO)
+  from solar_ddpm_jax import attention
   tokens, d = size * size, channels // args.heads
   rng = np.random.default_rng(0)
   q, k, v, ct = (jnp.asarray(rng.standard_normal((args.batch, tokens, args.heads, d)),
@@ -162,7 +75,7 @@ def _jax_rows(args, size, channels):
       "einsum": attention_einsum,
       "bmm": attention_bmm,
       "blockwise": lambda q, k, v: attention_blockwise(q, k, v, args.chunk),
-      "flash": lambda q, k, v: attention_flash(q, k, v, args.chunk),
+      "flash": lambda q, k, v: attention.blockwise_attention(q, k, v, args.chunk),
   }
   rows, ref = [], None
   for name, fn in impls.items():

@@ -140,13 +140,12 @@ class PaperAttention(nn.Module):
     return (ff + y).reshape(b, h, w, c)
 
 
-class PaperUNet(nn.Module):
-  """The published architecture, generalised to any widths, levels and attention resolutions."""
+class UNetFields(nn.Module):
+  """The fields both block styles share (see config.model)."""
   image_size: int = 64
   out_channels: int = 1
   base_channels: int = 64
   channel_mult: Sequence[int] = (1, 2, 4, 4)
-  bottleneck_mult: int = 8
   attention_resolutions: Sequence[int] = (64, 32, 16, 8)
   num_heads: int = 4
   attention_impl: str = "auto"
@@ -154,10 +153,15 @@ class PaperUNet(nn.Module):
   dropout: float = 0.0
   time_embed_dim: int = 256
   num_classes: int = 5
-  faithful: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+
+class PaperUNet(UNetFields):
+  """The published architecture, generalised to any widths, levels and attention resolutions."""
+  bottleneck_mult: int = 8
+  faithful: bool = False
 
   @nn.compact
   def __call__(self, x, t, labels, train: bool = False):
@@ -253,23 +257,9 @@ class AttnBlock(nn.Module):
     return x + y.reshape(b, h, w, c)
 
 
-class ModernUNet(nn.Module):
+class ModernUNet(UNetFields):
   """ADM-style UNet: num_res_blocks ResBlocks per level, attention at the given resolutions."""
-  image_size: int = 64
-  out_channels: int = 1
-  base_channels: int = 64
-  channel_mult: Sequence[int] = (1, 2, 4, 4)
   num_res_blocks: int = 2
-  attention_resolutions: Sequence[int] = (16, 8)
-  num_heads: int = 4
-  attention_impl: str = "auto"
-  attention_chunk: int = 512
-  dropout: float = 0.0
-  time_embed_dim: int = 256
-  num_classes: int = 5
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, t, labels, train: bool = False):
