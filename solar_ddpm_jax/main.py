@@ -1,4 +1,4 @@
-"""Command line: train, sample, evaluate and run the classifier experiment.
+r"""Command line: train, sample, evaluate and run the classifier experiment.
 
     python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=/tmp/demo
     python -m solar_ddpm_jax.main --config=configs/aia171.py --workdir=runs/paper --mode=sample \

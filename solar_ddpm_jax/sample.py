@@ -1,4 +1,4 @@
-"""Sampling from a checkpoint: any number of images per flare class, sharded over all devices.
+r"""Sampling from a checkpoint: any number of images per flare class, sharded over all devices.
 
     python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=/tmp/demo \
         --mode=sample --config.sampling.num_per_class=64 --config.sampling.guidance_scale=3

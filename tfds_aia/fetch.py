@@ -1,4 +1,4 @@
-"""Download AIA level-1 FITS and GOES XRS files for a date range with sunpy's Fido (online).
+r"""Download AIA level-1 FITS and GOES XRS files for a date range with sunpy's Fido (online).
 
     python -m tfds_aia.fetch --start 2011-06-07 --end 2011-06-08 --out /data/aia_manual \
         --wavelengths 171 --cadence_minutes 60

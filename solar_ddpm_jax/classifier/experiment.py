@@ -1,4 +1,4 @@
-"""The augmentation experiment: a flare classifier trained on real images only, with classical
+r"""The augmentation experiment: a flare classifier trained on real images only, with classical
 rebalancing, and with generated images of the minority classes; F1 / TSS / HSS over seeds.
 
     python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=/tmp/demo \
