@@ -62,6 +62,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.file_format = "tfrecord"  # "tfrecord" or "array_record".
   data.num_workers = 0  # Processes that preprocess FITS files in the build; 0 = all cores.
   data.max_in_flight = 4  # Decoded full-resolution images in flight per build (memory bound).
+  data.cache_dir = ""  # Cache of preprocessed frames; "" = <data_dir>/aia_flares_cache; "off".
+  data.beam_pipeline_options = ""  # Build on Apache Beam: "runner=...,..." as in `tfds build`.
   # Synthetic archive (data.source == "synthetic"): an AIA-like archive with a consistent GOES file.
   data.synthetic = ml_collections.ConfigDict()
   data.synthetic.num_images = 600  # FITS files written.
@@ -184,8 +186,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   classifier.flip_ns = False  # Augmentation: north-south flips (swap hemispheres; debatable).
   classifier.oversample = True  # Rebalanced arm: draw classes uniformly.
   classifier.class_weights = False  # Rebalanced arm: inverse-frequency loss weights as well.
-  classifier.synthetic_sampler = "dpm_solver++"  # Fast sampler for the generated images.
-  classifier.synthetic_steps = 20  # Sampler steps for the generated images.
+  classifier.synthetic_sampler = "ddpm"  # Sampler of the generated images (ancestral: any model).
+  classifier.synthetic_steps = 100  # Sampler steps for the generated images (respaced grid).
   classifier.synthetic_guidance = 3.0  # CFG scale of the generated images.
 
   # ----------------------------------------------------------------------- mesh and hosts
@@ -225,6 +227,9 @@ def _demo(config):
   config.model.bottleneck_mult = 4
   config.model.attention_resolutions = (8,)
   config.model.time_embed_dim = 128
+  # v-prediction: x0 = sqrt(abar) x_t - sqrt(1 - abar) v needs no 1/sqrt(abar) amplification, so
+  # the fast deterministic samplers work with the paper blocks (see README, "Presets").
+  config.diffusion.prediction = "v"
   config.training.batch_size = 32
   config.training.num_train_steps = 1500
   config.training.learning_rate = 1e-3
@@ -247,6 +252,8 @@ def _demo(config):
   config.classifier.num_train_steps = 400
   config.classifier.seeds = (0, 1)
   config.classifier.num_synthetic_per_class = 64
+  config.classifier.synthetic_sampler = "dpm_solver++"  # v-prediction: 20 ODE steps suffice.
+  config.classifier.synthetic_steps = 20
   return config
 
 

@@ -1,8 +1,9 @@
-"""The embedded default end to end: build the synthetic archive, train, sample, report.
+"""The embedded default end to end: build the synthetic archive, train, sample, evaluate.
 
     python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=workdir/demo
 
-writes <workdir>/checkpoints, TensorBoard events, samples/ (grids, .npz, FITS) and report.md.
+writes <workdir>/checkpoints, TensorBoard events, samples/ (grids, .npz, FITS), classifier/ (the
+real-only flare classifier: the evaluation's judge and domain features), evaluation/ and report.md.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def write_report(config, workdir: str, sample_dir: str, *, timings_s: dict,
 
 
 def run_demo(config, workdir: str) -> str:
-  """Builds the data (synthetic archive when absent), trains, samples and writes report.md."""
+  """Builds the data (synthetic archive when absent), trains, samples, trains the real-only flare
+  classifier, evaluates and writes report.md."""
   from solar_ddpm_jax import input_pipeline
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -108,6 +110,12 @@ def run_demo(config, workdir: str) -> str:
   t0 = time.time()
   sample_dir = sample.sample_and_save(config, workdir)
   timings["sample"] = time.time() - t0
+  t0 = time.time()
+  from solar_ddpm_jax.classifier import experiment
+  from solar_ddpm_jax.classifier import train as classifier_train
+  if not os.path.isfile(os.path.join(workdir, "classifier", classifier_train.META_FILE)):
+    experiment.train_real_classifier(config, workdir)  # The evaluation's judge and features.
+  timings["classifier"] = time.time() - t0
   t0 = time.time()
   note = _try_evaluation(config, workdir)
   timings["evaluation"] = time.time() - t0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from solar_ddpm_jax import diffusion, sharding
 
@@ -185,6 +186,13 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
   sweep over scales does not recompile). The batch is sharded over `mesh` when given.
   """
   s, m, d = config.sampling, config.model, config.diffusion
+  if (m.block_style == "paper" and d.prediction == "eps"
+      and (s.sampler == "dpm_solver++" or (s.sampler == "ddim" and float(s.eta) == 0.0))):
+    logging.warning(
+        "Sampling an eps-prediction paper UNet with the deterministic %s sampler: that network "
+        "is blind to the scale of x_t, and the ODE samplers amplify its errors; expect noise or "
+        "flat images. Use sampling.sampler='ddpm' (respaced, e.g. 100 steps) or ddim with eta=1, "
+        "or train with diffusion.prediction='v'.", s.sampler)
   size, channels = int(m.image_size), int(m.out_channels)
   out_sharding = sharding.batch_sharding(mesh, 4) if mesh is not None else None
   constraint = ((lambda a: jax.lax.with_sharding_constraint(a, out_sharding))

@@ -72,6 +72,21 @@ def test_experiment_writes_results(tmp_path, fake_data):
   assert classifier.features(apply_fn, params, fake_data[0]["test"]["image"][:3]).shape == (3, 32)
 
 
+def test_train_real_classifier_alone_saves_the_judge(tmp_path, fake_data):
+  config = aia171.get_config("test")
+  config.classifier.num_train_steps = 60
+  config.classifier.eval_every_steps = 20
+  config.classifier.learning_rate = 3e-3
+  path = experiment.train_real_classifier(config, str(tmp_path))
+  assert path == str(tmp_path / "classifier")
+  apply_fn, params, meta = classifier.load_classifier(path)
+  test = fake_data[0]["test"]
+  pred = classifier.predict(apply_fn, params, test["image"])
+  # The classes are brightness levels: far better than the majority class (30%).
+  assert np.mean(pred == test["flare_class"]) > 0.6
+  assert meta["input_shape"] == [16, 16, 1]
+
+
 def test_experiment_refuses_overlapping_splits(tmp_path, fake_data, monkeypatch):
   splits, _ = fake_data
   splits["validation"]["time_unix_s"] = splits["train"]["time_unix_s"] + 1.0

@@ -77,6 +77,27 @@ def _arm_data(arm: str, config, train_images, train_labels, synthetic):
   raise ValueError(f"Unknown arm {arm!r}; choose from {ARMS}.")
 
 
+def _save_judge(config, workdir: str, params, images, history) -> str:
+  """Saves the real-only classifier where evaluation finds it: <workdir>/classifier."""
+  path = os.path.join(workdir, "classifier")
+  meta = train_lib.classifier_meta(config, input_shape=images.shape[1:], history=history)
+  train_lib.save_classifier(path, params, meta)
+  return path
+
+
+def train_real_classifier(config, workdir: str) -> str:
+  """Trains the real-only classifier (first seed) alone and saves it; the evaluation's judge and
+  domain feature extractor. Returns its path."""
+  cc = config.classifier
+  splits = load_splits(config)
+  ys = {s: train_lib.labels_of(a, cc.label) for s, a in splits.items()}
+  _, params, history = train_lib.train_classifier(
+      config, splits["train"]["image"], ys["train"], seed=int(cc.seeds[0]),
+      val_images=splits["validation"]["image"], val_labels=ys["validation"],
+      logdir=os.path.join(os.path.abspath(workdir), OUT_DIR, f"logs_real_{int(cc.seeds[0])}"))
+  return _save_judge(config, os.path.abspath(workdir), params, splits["train"]["image"], history)
+
+
 def augment_experiment(config, workdir: str) -> dict:
   """Runs every arm over every seed; writes the table, plots and JSON; returns the results."""
   workdir = os.path.abspath(workdir)
@@ -105,8 +126,7 @@ def augment_experiment(config, workdir: str) -> dict:
                     num_train_images=int(len(labels)))
       runs[arm].append(report)
       if arm == "real" and seed == cc.seeds[0]:
-        meta = train_lib.classifier_meta(config, input_shape=images.shape[1:], history=history)
-        train_lib.save_classifier(os.path.join(workdir, "classifier"), params, meta)
+        _save_judge(config, workdir, params, images, history)
 
   results = {
       "label": cc.label, "class_names": list(names),
