@@ -189,3 +189,140 @@ def test_multichannel_hek_selection_and_array_record(tmp_path):
   reasons = [row["reason"] for row in aia_builder.read_manifest(b)]
   assert sum("no 193 A frame" in r for r in reasons) == 1
   assert sum("no HEK flare peak" in r for r in reasons) == 8
+
+
+def _records(b):
+  """{shard file: [tf.train.Example]} of a built dataset, parsed: protobuf writes the feature map
+  in an order of its own per process, so equal examples are not always equal bytes."""
+  import tensorflow as tf
+  out = {}
+  for path in sorted(b.data_path.glob("*.tfrecord-*")):
+    out[path.name] = [tf.train.Example.FromString(r.numpy())
+                      for r in tf.data.TFRecordDataset(os.fspath(path))]
+  return out
+
+
+def _archive_with_bad_files(root, num_images, image_size=32, seed=11):
+  """A Rice-compressed synthetic archive (one file gzipped too) plus files that fail in each stage
+  of the build: a header of another channel (header stage), truncated data and NaN pixels
+  (preprocessing, in workers)."""
+  import gzip
+  synthetic.write_archive(str(root), num_images=num_images, image_size=image_size, seed=seed,
+                          compress=True)
+  paths = sorted((root / "aia" / "171").iterdir())
+  paths[4].with_suffix(".fits.gz").write_bytes(gzip.compress(paths[4].read_bytes()))
+  os.remove(paths[4])
+  raw = paths[1].read_bytes()
+  (root / "aia" / "truncated.fits").write_bytes(raw[: len(raw) - 2880])  # Same header and time.
+  os.remove(paths[1])
+  with fits.open(paths[2]) as hdul:
+    data, header = hdul[1].data.astype(np.float32), hdul[1].header.copy()
+  data[:4, :4] = np.nan
+  fits.writeto(root / "aia" / "nans.fits", data, header)
+  os.remove(paths[2])
+  with fits.open(paths[3]) as hdul:
+    hdul[1].header["WAVELNTH"] = 193
+    hdul.writeto(root / "aia" / "wrong_wavelength.fits")
+  os.remove(paths[3])
+
+
+def test_one_process_pool_and_beam_build_the_same(tmp_path):
+  from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+  runs = []
+
+  class Runner(FnApiRunner):
+    """The DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner would first try
+    Prism, which downloads a binary. The PTransforms are those run on Dataflow, Flink or Spark."""
+    def run_pipeline(self, pipeline, options):
+      runs.append(pipeline)
+      return super().run_pipeline(pipeline, options)
+
+  _archive_with_bad_files(tmp_path / "a", num_images=14)
+  config = _data_config(16)
+  config.train_end, config.val_end, config.max_in_flight = "2013-06-01", "2014-06-01", 3
+  ways = {"one process": (1, {}), "pool": (2, {}), "beam": (1, {"beam_runner": Runner()})}
+  built = {}
+  for name, (workers, beam) in ways.items():
+    config.num_workers = workers
+    b = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / name)),
+                          str(tmp_path / "a"), **beam)
+    built[name] = (_records(b), aia_builder.read_manifest(b), b.decoded_files,
+                   {s: v.num_examples for s, v in b.info.splits.items()})
+    assert not list(b.data_path.glob(aia_builder.BEAM_FILE_PREFIX + "*"))  # Work files removed.
+    assert len(runs) == (name == "beam")
+  records, manifest, decoded, counts = built["one process"]
+  assert sum(counts.values()) == 11 and len(counts) == 3 and len(records) == 3
+  assert {row["file"] for row in manifest} == {"truncated.fits", "nans.fits",
+                                                "wrong_wavelength.fits"}
+  assert len(decoded) == 13  # Every usable header's file once: the 11 frames and 2 bad files.
+  for name in ("pool", "beam"):
+    assert built[name] == built["one process"], name  # Same shards, records, manifest, decoded.
+
+
+def test_incremental_build_decodes_only_new_files(tmp_path, monkeypatch):
+  import astropy.io.fits
+
+  from tfds_aia import fits_io
+  synthetic.write_archive(str(tmp_path / "a"), num_images=12, image_size=32, seed=13,
+                          compress=True)
+  paths = sorted((tmp_path / "a" / "aia" / "171").iterdir())  # Names sort by time.
+  new = paths[-3:]  # The latest month arrives later.
+  os.makedirs(tmp_path / "later")
+  for p in new:
+    shutil.move(p, tmp_path / "later" / p.name)
+  config = _data_config(16)
+  config.train_end, config.val_end, config.num_workers = "2013-06-01", "2014-06-01", 1
+  b = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / "t")),
+                        str(tmp_path / "a"))
+  assert b.decoded_files == [p.name for p in paths[:-3]]
+  for p in new:
+    shutil.move(tmp_path / "later" / p.name, p)
+  os.utime(paths[0], ns=(10**18, 10**18))  # Touched, not changed: hashed again, not decoded.
+  opened, read = [], []
+  real_open, real_read = astropy.io.fits.open, fits_io.read_bytes
+  monkeypatch.setattr(astropy.io.fits, "open", lambda f, *a, **k: opened.append(
+      os.path.basename(f) if isinstance(f, str | os.PathLike) else "<bytes>") or real_open(
+          f, *a, **k))
+  monkeypatch.setattr(fits_io, "read_bytes", lambda f: read.append(os.path.basename(f)) or
+                      real_read(f))
+  b = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / "t")),
+                        str(tmp_path / "a"), overwrite=True)
+  names = sorted(p.name for p in new)
+  assert b.decoded_files == names
+  assert sorted(read) == sorted([*names, paths[0].name])
+  assert sorted(o for o in opened if o != "<bytes>") == sorted([*names, paths[0].name])  # Headers.
+  assert opened.count("<bytes>") == len(names)  # Pixels decoded from memory: new files only.
+  monkeypatch.undo()
+  config.cache_dir = "off"
+  scratch = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / "s")),
+                              str(tmp_path / "a"))
+  assert not os.path.exists(tmp_path / "s" / aia_builder.CACHE_DIR_NAME)
+  assert _records(b) == _records(scratch) and sum(len(r) for r in _records(b).values()) == 12
+  assert aia_builder.read_manifest(b) == aia_builder.read_manifest(scratch)
+  config.cache_dir, config.dn_ceiling = "", (2000.0,)  # Other settings: other cache keys.
+  b = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / "t")),
+                        str(tmp_path / "a"), overwrite=True)
+  assert len(b.decoded_files) == 12
+
+
+def test_pool_size_and_in_flight_bound(tmp_path, monkeypatch):
+  import concurrent.futures
+  sizes = []
+
+  class RecordingPool(concurrent.futures.ThreadPoolExecutor):
+    def __init__(self, workers, **kwargs):
+      sizes.append(workers)
+      super().__init__(workers)
+
+  monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+  b = aia_builder.Builder(data_dir=str(tmp_path), runtime={"num_workers": 8, "max_in_flight": 3})
+  b._start_pool(100)
+  assert sizes == [3]  # No more workers (decoded images at once) than max_in_flight.
+  started = []
+  for i, result in enumerate(b._in_order(lambda job: started.append(job) or job * job,
+                                         list(range(40)), (), in_flight=3)):
+    assert result == i * i and len(started) <= i + 3  # Submitted, not yet written: <= 3.
+  b._stop_pool()
+  b = aia_builder.Builder(data_dir=str(tmp_path), runtime={"num_workers": 8, "max_in_flight": 3})
+  b._start_pool(11)  # Fewer than 4 frames per worker: one process.
+  assert b._pool is None and sizes == [3]

@@ -6,6 +6,8 @@ Modules, in the order data flows through them:
   goes        GOES XRS 1-8 A fluxes, scaling policy, flux -> flare class, image and forecast labels
   hek         HEK flare events (online query or a saved list) -> flaring times
   splits      time splits with a gap at each boundary
+  frames      the units of work of the build: one file's header, one preprocessed frame
+  cache       the build cache: headers and preprocessed planes keyed by file checksum and settings
   synthetic   an AIA-like FITS archive with a consistent GOES XRS file
   fetch       Fido download of AIA and GOES files into a manual_dir layout (online)
   builder     the TFDS builder (imports tensorflow_datasets; import it explicitly)

@@ -7,6 +7,19 @@ manual_dir holds AIA level-1 FITS files (any sub-folders; *.fits, *.fits.gz, *.f
 files (go1[0-5]*.fits[.gz], *xrs*.nc). One BuilderConfig per resolution and channel set,
 "res{R}_{w1}_{w2}..." (res64_171). Keys are the observation time and channels, never paths.
 Files that cannot be used are listed with the reason in <dataset dir>/skipped.json.
+
+Three ways to run the same build, with the same records and skip manifest:
+  - one process (num_workers=1);
+  - a process pool (num_workers > 1, or 0 for all cores; the default): headers and frames are
+    read in worker processes, results stream to the writer in order, at most max_in_flight frames
+    (so decoded full-resolution images) at a time;
+  - Apache Beam, when beam options or a runner are given (`build(..., beam_options=...)`,
+    data.beam_pipeline_options, or `tfds build --beam_pipeline_options=...`): headers are read
+    and labelled here (with the pool), frames are preprocessed by the runner's workers
+    (DirectRunner here; Dataflow, Flink, Spark on a cluster, which must see manual_dir, the data
+    dir and the cache folder at the same paths).
+All three call tfds_aia.frames and share the build cache (tfds_aia.cache), so a rebuild after new
+files arrive decodes only the new files.
 """
 
 from __future__ import annotations
@@ -17,7 +30,6 @@ import concurrent.futures.process
 import dataclasses
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import multiprocessing
 import os
@@ -25,11 +37,15 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
-from tfds_aia import FLARE_CLASSES, fits_io, frames, goes, hek, splits
+from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, splits
+from tfds_aia.cache import settings_fingerprint
 
 SKIP_MANIFEST = "skipped.json"
 SETTINGS_FILE = "build_settings.json"
+CACHE_DIR_NAME = "aia_flares_cache"  # Default cache folder, in the TFDS data dir.
+BEAM_FILE_PREFIX = "aia_flares_beam_"  # Work lists and reports of a Beam build (removed after).
 AIA_PATTERNS = ("*.fits", "*.fits.gz", "*.fts", "*.fit", "*.fts.gz")
 GOES_PATTERNS = ("go[01][0-9]*.fits", "go[01][0-9]*.fits.gz", "*xrs*.nc", "g1[0-9]_xrs*.nc")
 
@@ -41,7 +57,7 @@ DEFAULT_SETTINGS = dict(
     split_gap_hours=12.0, hek_events="", hek_window_minutes=30.0, hek_min_class="M",
     max_nan_fraction=0.0, allowed_quality=0, channel_match_s=60.0, file_format="tfrecord")
 # Settings that change how, not what, is built (left out of the fingerprint).
-RUNTIME_SETTINGS = dict(num_workers=1, max_in_flight=4)
+RUNTIME_SETTINGS = dict(num_workers=0, max_in_flight=4, cache_dir="", beam_pipeline_options="")
 
 
 def config_name(resolution: int, channels) -> str:
@@ -70,12 +86,6 @@ def settings_from_config(data_config) -> dict:
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
   return out
-
-
-def settings_fingerprint(settings: dict) -> str:
-  """Short hash of the settings that change the built bytes."""
-  text = json.dumps(settings, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _iso(t: float) -> str:
@@ -114,6 +124,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, settings: dict | None = None, runtime: dict | None = None, **kwargs):
     self.settings = {**DEFAULT_SETTINGS, **RUNTIME_SETTINGS, **(settings or {}), **(runtime or {})}
     self.skipped: list[dict] = []
+    self.decoded_files: list[str] = []  # FITS files decoded by the last build (not from the cache).
+    self._pool = None  # The build's process pool, while one runs.
+    self._beam = False  # Whether this build runs on Apache Beam.
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -143,14 +156,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Valid headers of the configured channels (others go to the skip manifest)."""
     cfg = self.builder_config
     headers = []
-    for path in tfds.core.utils.tqdm(aia_paths, desc="AIA headers", unit=" files"):
+    results = self._in_order(frames.read_header, aia_paths, (self._cache_dir(),),
+                             in_flight=64 * self._num_workers())
+    for header, error in tfds.core.utils.tqdm(results, desc="AIA headers", unit=" files",
+                                              total=len(aia_paths)):
       try:
-        header = fits_io.read_header(path)
+        if error is not None:
+          raise fits_io.BadFileError(*error)
         fits_io.check(header, channels=cfg.channels, resolution=cfg.resolution,
                       downsample=self.settings["downsample"],
                       allowed_quality=int(self.settings["allowed_quality"]))
       except fits_io.BadFileError as e:
-        self._skip(path, e.reason)
+        self._skip(e.path, e.reason)
         continue
       headers.append(header)
     return headers
@@ -186,6 +203,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if not found:
         raise FileNotFoundError(f"No {kind} files under {manual_dir}."
                                 f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    # Locally the pool preprocesses the frames too; on Beam it reads headers only (~ms each).
+    self._start_pool(len(aia_paths), min_files_per_worker=500 if self._beam else 4)
     s = self.settings
     flux_parts = []
     for path in goes_paths:
@@ -222,62 +241,179 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     empty = [split for split, members in by_split.items() if not members]
     if empty:
       logging.warning("No frames for split(s) %s: they are left out.", empty)
-    return {split: self._generate_examples(members) for split, members in by_split.items()
+    if self._beam:
+      self._stop_pool()  # Beam's workers preprocess the frames.
+    return {split: self._generate_examples(members, split) for split, members in by_split.items()
             if members}
 
   def _num_workers(self) -> int:
     workers = int(self.settings["num_workers"])
     return (os.cpu_count() or 1) if workers <= 0 else workers
 
-  def _frames_in_order(self, items):
-    """(item, image, error) per item, in input order; a process pool when num_workers > 1, with
-    at most max_in_flight frames submitted and not yet written (memory bound). When the pool
-    cannot run (e.g. a script without a __main__ guard under "spawn"), the rest runs serially."""
-    args = (self.settings, self.builder_config.resolution)
-    workers = self._num_workers()
-    done = 0
-    in_child = multiprocessing.parent_process() is not None  # Never pools inside pool workers.
-    if workers > 1 and len(items) >= 4 * workers and not in_child:  # Pools cost ~1 s to start.
-      in_flight = max(int(self.settings["max_in_flight"]), workers)
-      context = multiprocessing.get_context("spawn")  # No fork after TensorFlow started threads.
-      try:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-          pending = collections.deque()
-          for item in items:
-            pending.append((item, pool.submit(frames.preprocess_frame, item[1], *args)))
-            while len(pending) >= in_flight or (item is items[-1] and pending):
-              ready, future = pending.popleft()
-              yield (ready, *future.result())
-              done += 1
-      except concurrent.futures.process.BrokenProcessPool as e:
-        logging.warning("Process pool failed (%s); preprocessing the remaining %d frames in this "
-                        "process.", e, len(items) - done)
-    for item in items[done:]:
-      yield (item, *frames.preprocess_frame(item[1], *args))
+  def _cache_dir(self) -> str:
+    """The build cache folder ("" when off): cache_dir, else <data_dir>/aia_flares_cache when the
+    data dir is a local or shared file system path (off for gs:// and other URLs)."""
+    folder = str(self.settings["cache_dir"])
+    if folder == cache.DISABLED:
+      return ""
+    if "://" in folder:
+      raise ValueError(f"cache_dir {folder!r}: the build cache needs a file system path that every "
+                       "worker sees (a local or shared disk), or 'off'.")
+    root = os.fspath(self._data_dir_root)
+    if not folder and "://" in root:
+      return ""
+    return os.path.expanduser(folder) if folder else os.path.join(root, CACHE_DIR_NAME)
 
-  def _generate_examples(self, items):
-    for (time_unix_s, members, label), image, error in self._frames_in_order(items):
+  def _start_pool(self, num_files: int, min_files_per_worker: int = 4) -> None:
+    """The build's process pool: min(num_workers, max_in_flight) processes, so that no more than
+    max_in_flight frames are decoded at once. None (one process) for small builds (a pool costs
+    ~1 s to start; more when the main module imports TensorFlow, as the `tfds` command does: the
+    "spawn" workers import the main module again) and inside pool workers."""
+    workers = min(self._num_workers(), max(int(self.settings["max_in_flight"]), 1))
+    in_child = multiprocessing.parent_process() is not None
+    if (self._pool is None and workers > 1 and num_files >= min_files_per_worker * workers
+        and not in_child):
+      context = multiprocessing.get_context("spawn")  # No fork after TensorFlow started threads.
+      self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+
+  def _stop_pool(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(cancel_futures=True)
+      self._pool = None
+
+  def _in_order(self, fn, jobs: list, common: tuple, in_flight: int):
+    """fn(job, *common) for every job, in job order: in the pool when one runs, with at most
+    in_flight jobs submitted and not yet consumed (memory bound); in this process otherwise.
+    When the pool breaks (e.g. a script without a __main__ guard under "spawn"), the rest runs
+    here."""
+    done = 0
+    if self._pool is not None:
+      try:
+        pending = collections.deque()
+        for job in jobs:
+          pending.append(self._pool.submit(fn, job, *common))
+          if len(pending) >= in_flight:
+            yield pending.popleft().result()
+            done += 1
+        while pending:
+          yield pending.popleft().result()
+          done += 1
+      except concurrent.futures.process.BrokenProcessPool as e:
+        logging.warning("Process pool failed (%s); running the remaining %d jobs in this "
+                        "process.", e, len(jobs) - done)
+        self._pool = None
+    for job in jobs[done:]:
+      yield fn(job, *common)
+
+  def _generate_examples(self, items, split: str):
+    """The split's examples: a generator (one process or the pool), or a Beam PTransform."""
+    if self._beam:
+      return self._beam_examples(items, split)
+    return self._local_examples(items)
+
+  def _local_examples(self, items):
+    args = (self.settings, self.builder_config.resolution, self._cache_dir())
+    results = self._in_order(frames.preprocess_frame, [members for _, members, _ in items], args,
+                             in_flight=max(int(self.settings["max_in_flight"]), 1))
+    for item, (image, error, decoded) in zip(items, results, strict=True):
+      self.decoded_files.extend(decoded)
       if error is not None:
         self._skip(*error)
         continue
-      key = dt.datetime.fromtimestamp(time_unix_s, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-      key += "_" + "_".join(str(h.wavelength) for h in members)
-      yield key, {
-          "image": image,
-          "flare_class": label.flare_class,
-          "subclass": np.float32(label.subclass),
-          "goes_flux_w_m2": np.float32(label.flux_w_m2),
-          "forecast_class": label.forecast_class,
-          "time_unix_s": np.float64(time_unix_s),
-          "satellite": label.satellite,
-          "scaling_policy": label.policy,
-          "source_file": ",".join(os.path.basename(h.path) for h in members),
-      }
+      yield example_of(item, image)
+
+  def _beam_examples(self, items, split: str):
+    """A PTransform: work list -> preprocessed frames -> examples. The work list is a JSON-lines
+    file in the dataset folder (not pickled into the pipeline: archives have 10^5 frames); skip
+    records and decoded files go to a report file there, read back after the pipeline."""
+    import apache_beam as beam
+    work = epath.Path(self.data_dir) / f"{BEAM_FILE_PREFIX}work_{split}.jsonl"
+    work.write_text("".join(_item_to_json(item) + "\n" for item in items))
+    report = os.fspath(epath.Path(self.data_dir) / f"{BEAM_FILE_PREFIX}report_{split}.json")
+    args = (self.settings, self.builder_config.resolution, self._cache_dir())
+
+    @beam.ptransform_fn
+    def examples(root):
+      results = (root
+                 | "ReadWorkList" >> beam.io.ReadFromText(os.fspath(work))
+                 | "Spread" >> beam.Reshuffle()  # Decoding, not reading the list, is the work.
+                 | "Preprocess" >> beam.Map(_preprocess_line, *args))
+      _ = (results
+           | "ReportRecords" >> beam.Map(lambda r: (r[2], r[3]))
+           | "CollectReport" >> beam.combiners.ToList()
+           | "WriteReport" >> beam.Map(_write_json, path=report))
+      return results | "Examples" >> beam.FlatMap(
+          lambda r: [example_of(r[0], r[1])] if r[2] is None else [])
+
+    return examples()  # pylint: disable=no-value-for-parameter
+
+  def _read_beam_reports(self) -> None:
+    """Skip records and decoded files of the Beam workers; removes the Beam work files."""
+    folder = epath.Path(self.data_dir)
+    for path in sorted(folder.glob(f"{BEAM_FILE_PREFIX}report_*.json")):
+      for error, decoded in json.loads(path.read_text()):
+        if error is not None:
+          self._skip(*error)
+        self.decoded_files.extend(decoded)
+    for path in folder.glob(f"{BEAM_FILE_PREFIX}*"):
+      path.unlink()
 
   def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
-    self.skipped = []
-    super()._download_and_prepare(dl_manager, download_config, **kwargs)
+    self.skipped, self.decoded_files = [], []
+    self._beam = download_config is not None and (
+        download_config.beam_runner is not None or download_config.beam_options is not None)
+    try:
+      super()._download_and_prepare(dl_manager, download_config, **kwargs)
+    finally:
+      self._stop_pool()
+    if self._beam:
+      self._read_beam_reports()
+    self.decoded_files = sorted(set(self.decoded_files))  # A file of two frames counts once.
+    logging.info("%s: %d FITS files decoded (others from the build cache: %s); %d skip records.",
+                 self.info.full_name, len(self.decoded_files), self._cache_dir() or "(off)",
+                 len(self.skipped))
     write_manifest(self.data_dir, self.skipped, {k: self.settings[k] for k in DEFAULT_SETTINGS})
+
+
+def example_of(item, image: np.ndarray) -> tuple[str, dict]:
+  """(key, features) of one frame: the key is its time and channels, never a path."""
+  time_unix_s, members, label = item
+  key = dt.datetime.fromtimestamp(time_unix_s, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+  key += "_" + "_".join(str(h.wavelength) for h in members)
+  return key, {
+      "image": image,
+      "flare_class": label.flare_class,
+      "subclass": np.float32(label.subclass),
+      "goes_flux_w_m2": np.float32(label.flux_w_m2),
+      "forecast_class": label.forecast_class,
+      "time_unix_s": np.float64(time_unix_s),
+      "satellite": label.satellite,
+      "scaling_policy": label.policy,
+      "source_file": ",".join(os.path.basename(h.path) for h in members),
+  }
+
+
+def _item_to_json(item) -> str:
+  time_unix_s, members, label = item
+  return json.dumps({"time_unix_s": time_unix_s, "label": dataclasses.asdict(label),
+                     "members": [dataclasses.asdict(h) for h in members]})
+
+
+def _item_from_json(line: str):
+  d = json.loads(line)
+  members = [fits_io.AiaHeader(**{**h, "shape": tuple(h["shape"])}) for h in d["members"]]
+  return d["time_unix_s"], members, goes.Label(**d["label"])
+
+
+def _preprocess_line(line: str, settings: dict, resolution: int, cache_dir: str):
+  """Beam: (item, image, error, decoded) of one work-list line."""
+  item = _item_from_json(line)
+  image, error, decoded = frames.preprocess_frame(item[1], settings, resolution, cache_dir)
+  return item, image, error, decoded
+
+
+def _write_json(records, path: str) -> None:
+  epath.Path(path).write_text(json.dumps(records))
 
 
 def write_manifest(dataset_dir: str, skipped: list[dict], settings: dict) -> None:
@@ -315,8 +451,28 @@ def make_builder(data_config, data_dir: str | None = None, file_format: str | No
                  runtime={k: type(v)(data_config.get(k, v)) for k, v in RUNTIME_SETTINGS.items()})
 
 
-def build(builder: Builder, manual_dir: str) -> Builder:
-  """download_and_prepare from manual_dir (no network); a no-op when already built."""
+def beam_options_from_string(options: str):
+  """Beam PipelineOptions from "runner=DirectRunner,direct_num_workers=2" (the format of
+  `tfds build --beam_pipeline_options`)."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  return PipelineOptions(flags=[f"--{o.strip()}" for o in options.split(",") if o.strip()])
+
+
+def build(builder: Builder, manual_dir: str, *, beam_runner=None, beam_options=None,
+          overwrite: bool = False) -> Builder:
+  """download_and_prepare from manual_dir (no network); a no-op when already built, unless
+  `overwrite` (a rebuild: files already in the build cache are not decoded again).
+
+  On Apache Beam when `beam_runner` or `beam_options` (PipelineOptions or the string form) is
+  given, or the builder's beam_pipeline_options setting is not empty; else one process or the pool.
+  """
+  if beam_runner is None and beam_options is None:
+    beam_options = builder.settings.get("beam_pipeline_options") or None
+  if isinstance(beam_options, str):
+    beam_options = beam_options_from_string(beam_options)
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False))
+      manual_dir=manual_dir, try_download_gcs=False, download_mode=mode,
+      beam_runner=beam_runner, beam_options=beam_options))
   return builder

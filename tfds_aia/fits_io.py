@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gzip
+import io
 import os
 import warnings
 
@@ -120,12 +122,24 @@ def read_header(path: str) -> AiaHeader:
     raise BadFileError(path, f"unreadable FITS ({e.__class__.__name__}: {e})") from None
 
 
-def read_data(path: str, max_nan_fraction: float = 0.0) -> np.ndarray:
-  """The image [H, W] float32 in DN; non-finite pixels are an error above `max_nan_fraction`
-  (and are set to 0 below it)."""
-  from astropy.io import fits
+def read_bytes(path: str) -> bytes:
+  """The bytes of a file (read once, then hashed and decoded from memory)."""
   try:
-    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise BadFileError(path, f"unreadable file ({e.__class__.__name__}: {e})") from None
+
+
+def read_data(path: str, max_nan_fraction: float = 0.0, raw: bytes | None = None) -> np.ndarray:
+  """The image [H, W] float32 in DN (from `raw`, the file's bytes, when given); non-finite pixels
+  are an error above `max_nan_fraction` (and are set to 0 below it)."""
+  from astropy.io import fits
+  source = path if raw is None else io.BytesIO(raw)
+  try:
+    if raw is not None and raw[:2] == b"\x1f\x8b":  # *.fits.gz (astropy detects it in files only).
+      source = io.BytesIO(gzip.decompress(raw))
+    with warnings.catch_warnings(), fits.open(source, memmap=False) as hdul:
       warnings.simplefilter("ignore")
       hdu = _image_hdu(hdul)
       data = None if hdu is None else hdu.data
