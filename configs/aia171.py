@@ -222,7 +222,7 @@ def _demo(config):
   config.data.shuffle_buffer = 512
   config.data.num_workers = 1  # Small frames: one process is faster than starting a pool.
   config.model.image_size = 32
-  config.model.base_channels = 32
+  config.model.base_channels = 24
   config.model.channel_mult = (1, 2, 2)
   config.model.bottleneck_mult = 4
   config.model.attention_resolutions = (8,)
@@ -231,14 +231,14 @@ def _demo(config):
   # the fast deterministic samplers work with the paper blocks (see README, "Presets").
   config.diffusion.prediction = "v"
   config.training.batch_size = 32
-  config.training.num_train_steps = 1500
+  config.training.num_train_steps = 1200
   config.training.learning_rate = 1e-3
   config.training.warmup_steps = 100
   config.training.ema_decay = 0.99
   config.training.log_every_steps = 50
   config.training.checkpoint_every_steps = 500
   config.training.eval_every_steps = 500
-  config.training.sample_every_steps = 750
+  config.training.sample_every_steps = 600
   config.training.sample_steps = 25
   config.sampling.sampler = "dpm_solver++"
   config.sampling.num_steps = 20

@@ -178,7 +178,10 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
     if generate_fn is not None:
       labels = _requested_labels(config)
       for w in ev.guidance_scales:
-        samples[w] = (generate_fn(labels, float(w)), labels)
+        if float(w) == float(config.sampling.guidance_scale):
+          samples[w] = (fake_images, fake_labels)  # generate_fn made them: same labels and seed.
+        else:
+          samples[w] = (generate_fn(labels, float(w)), labels)
     else:
       samples[float(config.sampling.guidance_scale)] = (fake_images, fake_labels)
     report["conditioning_accuracy"] = dict(
