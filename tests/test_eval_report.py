@@ -117,3 +117,12 @@ def test_conditioning_accuracy_per_class_and_scale():
                                                            3.0: (images, labels)})
   assert out["0"] == {"all": 0.6, "count": 5, "A": 0.5, "B": 1.0, "M": 0.0}
   assert set(out) == {"0", "3"}
+
+
+def test_extractor_names_from_tuples_and_command_line_text():
+  from solar_ddpm_jax.evaluation import features
+  assert features.extractor_names(("inception", "clip")) == ["inception", "clip"]
+  assert features.extractor_names(("inception,clip, domain",)) == ["inception", "clip", "domain"]
+  assert features.extractor_names("domain") == ["domain"]
+  with pytest.raises(ValueError, match="Unknown feature extractors.*config.evaluation"):
+    features.extractor_names(("inceptionv4",))

@@ -75,7 +75,7 @@ def export_features(config, workdir: str) -> dict:
     sources["samples"] = lambda: load_samples_npz(ev.samples_npz)
   loaded = {}
   written = {}
-  for name in ev.extractors:
+  for name in features_lib.extractor_names(ev.extractors):
     extractor = features_lib.build_extractor(name, config, workdir)
     for source, load in sources.items():
       if source not in loaded:

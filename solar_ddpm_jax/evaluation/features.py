@@ -18,6 +18,18 @@ from solar_ddpm_jax.evaluation import weights as weights_lib
 EXTRACTORS = ("inception", "clip", "domain")
 
 
+def extractor_names(value) -> list[str]:
+  """config.evaluation.extractors as names: a tuple, or comma-separated text from the command line
+  (--config.evaluation.extractors=inception,clip gives the one string "inception,clip")."""
+  items = [value] if isinstance(value, str) else list(value)
+  names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+  unknown = [n for n in names if n not in EXTRACTORS]
+  if unknown:
+    raise ValueError(f"Unknown feature extractors {unknown}; choose from {', '.join(EXTRACTORS)} "
+                     "(config.evaluation.extractors).")
+  return names
+
+
 @dataclasses.dataclass
 class Extractor:
   """A feature network and the settings recorded next to every number computed with it."""

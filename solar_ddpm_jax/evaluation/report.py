@@ -148,7 +148,7 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
                     seed=int(config.sampling.seed)),
       features={}, physics=None, conditioning_accuracy=None)
   real_idx, fake_idx = _class_names(real_labels), _class_names(fake_labels)
-  for name in ev.extractors:
+  for name in features_lib.extractor_names(ev.extractors):
     try:
       extractor = features_lib.build_extractor(name, config, workdir)
     except (FileNotFoundError, RuntimeError, ImportError, ValueError) as e:
