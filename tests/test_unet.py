@@ -87,6 +87,22 @@ def test_forward_depends_on_time_and_class_and_null_class(style):
   assert not np.allclose(base, f(jnp.array([3, 3]), jnp.array([5, 5])))  # Null class.
 
 
+@pytest.mark.parametrize("style", ["paper", "modern"])
+def test_only_the_paper_network_is_blind_to_the_input_scale(style):
+  """Bias-free conv + GroupNorm(1) first: the paper UNet's output is the same for x and x / 2."""
+  config = aia171.get_config("test")
+  config.model.block_style = style
+  model = unet.create_model(config.model)
+  params = jax.tree.map(lambda p: p + 0.02, unet.init_params(config.model, jax.random.key(0)))
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+  f = jax.jit(lambda x: model.apply({"params": params}, x, jnp.array([7, 60]), jnp.array([1, 3])))
+  full, half = np.asarray(f(x)), np.asarray(f(0.5 * x))
+  if style == "paper":
+    np.testing.assert_allclose(half, full, rtol=1e-4, atol=1e-5)
+  else:
+    assert np.abs(half - full).max() > 1e-2
+
+
 def test_modern_model_starts_at_zero_output():
   config = aia171.get_config("test")
   config.model.block_style = "modern"
