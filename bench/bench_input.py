@@ -56,21 +56,10 @@ def _measure(args) -> list[list[str]]:
     jax.block_until_ready(next(iterator))
   iterator_s = (time.perf_counter() - t0) / n
 
-  rows = [["producer (local_batch + shard_batch)", f"{producer_s * 1e3:.2f}"],
-          ["iterator next() (prefetched)", f"{iterator_s * 1e3:.2f}"]]
   num_train = len(arrays["flare_class"])
   print(f"dataset: {num_train} training frames of {int(config.data.resolution)} px; build "
         f"{build_s:.1f} s (0 when already built), load split {load_s:.2f} s", flush=True)
-  try:
-    from solar_ddpm_jax import diffusion, train, unet
-  except ImportError as e:  # The model is not importable: the pipeline figures alone.
-    print(f"no train step ({e}); pipeline figures only")
-    return [row + ["-"] for row in rows]
-  apply_fn = train.make_apply_fn(unet.create_model(config.model))
-  schedule = diffusion.make_schedule(config.diffusion)
-  state, shardings = train.create_train_state(config, mesh)
-  step_fn = train.jit_train_step(train.make_train_step(config, apply_fn, schedule), mesh,
-                                 shardings)
+  _, _, state, step_fn = common.jax_train_setup(config, mesh)
   fixed = next(iterator)
   state, metrics = step_fn(state, fixed)
   jax.block_until_ready(metrics)

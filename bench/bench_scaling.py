@@ -27,16 +27,13 @@ def _case(args) -> dict:
   import numpy as np
 
   sys.path.insert(0, common.REPO)
-  from solar_ddpm_jax import diffusion, samplers, sharding, train, unet
+  from solar_ddpm_jax import samplers, sharding
   config = common.bench_config(args.preset, batch_size=args.batch, dtype="float32")
   with config.unlocked():
     config.sampling.sampler = "ddim"
     config.sampling.num_steps = args.sample_steps
   mesh = sharding.create_mesh(config.mesh)
-  apply_fn = train.make_apply_fn(unet.create_model(config.model))
-  schedule = diffusion.make_schedule(config.diffusion)
-  state, shardings = train.create_train_state(config, mesh)
-  step = train.jit_train_step(train.make_train_step(config, apply_fn, schedule), mesh, shardings)
+  apply_fn, schedule, state, step = common.jax_train_setup(config, mesh)
   size, channels = int(config.model.image_size), int(config.model.in_channels)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch(mesh, {

@@ -33,16 +33,13 @@ def _jax_case(args) -> dict:
   import numpy as np
 
   sys.path.insert(0, common.REPO)
-  from solar_ddpm_jax import diffusion, sharding, train, unet
+  from solar_ddpm_jax import sharding, train
   dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
   config = common.bench_config(args.preset, image_size=args.image_size or None,
                                attention_impl=None if args.attention == "auto" else args.attention,
                                dtype=dtype, batch_size=args.batch)
   mesh = sharding.create_mesh(config.mesh)
-  apply_fn = train.make_apply_fn(unet.create_model(config.model))
-  schedule = diffusion.make_schedule(config.diffusion)
-  state, shardings = train.create_train_state(config, mesh)
-  step = train.jit_train_step(train.make_train_step(config, apply_fn, schedule), mesh, shardings)
+  _, _, state, step = common.jax_train_setup(config, mesh)
   size, channels = int(config.model.image_size), int(config.model.in_channels)
   rng = np.random.default_rng(0)
   batch = jax.device_put(

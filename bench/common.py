@@ -172,6 +172,17 @@ def bench_config(preset: str, *, image_size: int | None = None, attention_impl: 
   return config
 
 
+def jax_train_setup(config, mesh):
+  """(apply_fn, schedule, state, jitted train step) of `config` on `mesh`, as train.py has them."""
+  sys.path.insert(0, REPO)
+  from solar_ddpm_jax import diffusion, train, unet
+  apply_fn = train.make_apply_fn(unet.create_model(config.model))
+  schedule = diffusion.make_schedule(config.diffusion)
+  state, shardings = train.create_train_state(config, mesh)
+  step = train.jit_train_step(train.make_train_step(config, apply_fn, schedule), mesh, shardings)
+  return apply_fn, schedule, state, step
+
+
 def jax_cost_flops(compiled) -> float | None:
   """FLOPs of a compiled XLA executable from its cost analysis (None when not reported)."""
   try:

@@ -118,13 +118,17 @@ def multi_head_attention(x, num_heads: int, impl: str, chunk: int, *, zero_out: 
   return nn.DenseGeneral(c, axis=(-2, -1), kernel_init=init, name="out", **kw)(out)
 
 
-class PaperAttention(nn.Module):
-  """The published SelfAttention: x + MHA(LN(x)), then + FF(LN(.)) with a GELU MLP."""
+class AttentionFields(nn.Module):
+  """The fields both attention blocks share: heads, kernel (attention.IMPLEMENTATIONS), dtypes."""
   num_heads: int = 4
   impl: str = "auto"
   chunk: int = 512
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+
+class PaperAttention(AttentionFields):
+  """The published SelfAttention: x + MHA(LN(x)), then + FF(LN(.)) with a GELU MLP."""
 
   @nn.compact
   def __call__(self, x):
@@ -240,13 +244,8 @@ class ResBlock(nn.Module):
     return x + h
 
 
-class AttnBlock(nn.Module):
+class AttnBlock(AttentionFields):
   """x + out(MHA(GroupNorm(x))) over the h*w tokens; the output projection starts at zero."""
-  num_heads: int = 4
-  impl: str = "auto"
-  chunk: int = 512
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
