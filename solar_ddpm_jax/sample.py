@@ -19,26 +19,6 @@ from absl import logging
 from solar_ddpm_jax import FLARE_CLASSES, checkpointing, outputs, sharding
 
 
-def replicate(mesh, x) -> jax.Array:
-  """A host numpy array (the same on every process) as a global array replicated on `mesh`."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding.replicated(mesh), lambda idx: x[idx])
-
-
-def _global_batch(mesh, x) -> jax.Array:
-  """A host numpy batch (the same on every process) as a global array split over the mesh."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, sharding.batch_sharding(mesh, x.ndim),
-                                      lambda idx: x[idx])
-
-
-def _to_host(x) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh) -> np.ndarray:
   """Runs `sample_fn(params, labels, key)` over `labels` in fixed-size sharded batches.
 
@@ -54,9 +34,9 @@ def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh
     chunk = labels[start:start + batch_size]
     padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
     key_data = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
-    key = jax.random.wrap_key_data(replicate(mesh, key_data))
-    images = sample_fn(params, _global_batch(mesh, padded), key)
-    out.append(_to_host(images)[:len(chunk)])
+    key = jax.random.wrap_key_data(sharding.host_to_global(mesh, key_data, replicate=True))
+    images = sample_fn(params, sharding.host_to_global(mesh, padded), key)
+    out.append(sharding.global_to_host(images)[:len(chunk)])
   return np.concatenate(out, axis=0).astype(np.float32)
 
 
@@ -107,16 +87,37 @@ def generate(config, workdir: str, labels, *, guidance_scale=None, sampler=None,
                    num_steps=num_steps, seed=seed)[0]
 
 
-def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, seed):
+_SAMPLE_FN_CACHE: dict = {}  # Settings that shape the program -> (mesh, sample_fn).
+
+
+def _sample_fn(cfg):
+  """The compiled sampler for `cfg`, shared by calls that differ only in guidance scale or seed.
+
+  The guidance scale is a traced argument of the sample function, so a sweep over scales (the
+  evaluation report, the classifier experiment) compiles once per batch size.
+  """
   from solar_ddpm_jax import diffusion, samplers, train, unet
+  s = cfg.sampling
+  key = json.dumps([cfg.model.to_dict(), cfg.diffusion.to_dict(), cfg.mesh.to_dict(), s.sampler,
+                    int(s.num_steps), float(s.eta), s.ddpm_variance, bool(s.clip_x0)],
+                   sort_keys=True, default=str)
+  if key not in _SAMPLE_FN_CACHE:
+    _SAMPLE_FN_CACHE.clear()
+    mesh = sharding.create_mesh(cfg.mesh)
+    apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
+    _SAMPLE_FN_CACHE[key] = (mesh, samplers.make_sample_fn(
+        apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh))
+  return _SAMPLE_FN_CACHE[key]
+
+
+def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, seed):
   cfg = sampling_config(config, guidance_scale=guidance_scale, sampler=sampler,
                         num_steps=num_steps)
   params, step = _params(cfg, workdir)
-  mesh = sharding.create_mesh(cfg.mesh)
-  apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
-  sample_fn = samplers.make_sample_fn(apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh)
-  images = sample_images(sample_fn, params, labels, seed=seed,
-                         batch_size=int(cfg.sampling.batch_size), mesh=mesh)
+  mesh, sample_fn = _sample_fn(cfg)
+  w = float(cfg.sampling.guidance_scale)
+  images = sample_images(lambda p, y, k: sample_fn(p, y, k, guidance_scale=w), params, labels,
+                         seed=seed, batch_size=int(cfg.sampling.batch_size), mesh=mesh)
   return images, cfg, step
 
 

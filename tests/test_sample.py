@@ -72,6 +72,26 @@ def test_generate_is_reproducible_and_follows_its_arguments(trained):
   assert not np.allclose(sample.generate(config, workdir, labels, seed=1, guidance_scale=0.0), a)
 
 
+def test_a_guidance_sweep_builds_one_sampler(trained, monkeypatch):
+  config, workdir = trained
+  from solar_ddpm_jax import samplers
+  built = []
+  real = samplers.make_sample_fn
+  monkeypatch.setattr(samplers, "make_sample_fn", lambda *a, **k: built.append(1) or real(*a, **k))
+  sample._SAMPLE_FN_CACHE.clear()
+  labels = np.array([1, 3], np.int32)
+  sweep = {w: sample.generate(config, workdir, labels, seed=1, guidance_scale=w)
+           for w in (0.0, 1.0, 3.0)}
+  assert len(built) == 1
+  assert not np.allclose(sweep[0.0], sweep[3.0])
+  sample._SAMPLE_FN_CACHE.clear()
+  np.testing.assert_allclose(sample.generate(config, workdir, labels, seed=1, guidance_scale=1.0),
+                             sweep[1.0], atol=1e-6)
+  assert len(built) == 2
+  sample.generate(config, workdir, labels, seed=1, num_steps=3)
+  assert len(built) == 3
+
+
 def test_sample_images_pads_to_whole_sharded_batches():
   mesh = sharding.create_mesh(None)
   seen = []
