@@ -111,34 +111,57 @@ def _check_settings(builder, config) -> None:
                      "folder or delete that one to rebuild.")
 
 
+def _build_here(config, builder, manual_dir: str, data_dir: str):
+  """Builds the dataset of `builder` from `manual_dir` in this process; returns the builder."""
+  from tfds_aia import builder as aia_builder
+  if config.data.source == "synthetic":
+    _write_synthetic_archive(config, manual_dir)
+  try:
+    aia_builder.build(builder, manual_dir)
+  except OSError:
+    builder = _builder(config)  # Another process finished the same build first.
+    if not builder.is_prepared():
+      raise
+  skipped = aia_builder.read_manifest(builder)
+  logging.info("Built %s in %s: %s; %d files skipped (%s)", builder.info.full_name, data_dir,
+               {k: v.num_examples for k, v in builder.info.splits.items()}, len(skipped),
+               os.path.join(os.fspath(builder.data_dir), aia_builder.SKIP_MANIFEST))
+  return builder
+
+
 def build_dataset(config, workdir: str | None = None):
   """Builds the dataset of config.data when it is absent (writing the synthetic archive first
   for data.source == "synthetic"); returns the prepared TFDS builder. `workdir` is unused: the
-  data live where config.data says, shared by every run."""
+  data live where config.data says, shared by every run.
+
+  In a multi-host job process 0 builds and the others wait for it. A process that still finds no
+  dataset afterwards has a data_dir of its own (the default ~/tensorflow_datasets is on each
+  host's local disk): it builds its own copy from the same inputs, which gives the same records.
+  """
   del workdir
   _hide_accelerators_from_tensorflow()
   import jax
-
-  from tfds_aia import builder as aia_builder
   data_dir, manual_dir = dataset_dirs(config)
   builder = _builder(config)
   if jax.process_index() == 0 and not builder.is_prepared():
-    if config.data.source == "synthetic":
-      _write_synthetic_archive(config, manual_dir)
-    try:
-      aia_builder.build(builder, manual_dir)
-    except OSError:
-      builder = _builder(config)  # Another process finished the same build first.
-      if not builder.is_prepared():
-        raise
-    skipped = aia_builder.read_manifest(builder)
-    logging.info("Built %s in %s: %s; %d files skipped (%s)", builder.info.full_name, data_dir,
-                 {k: v.num_examples for k, v in builder.info.splits.items()}, len(skipped),
-                 os.path.join(os.fspath(builder.data_dir), aia_builder.SKIP_MANIFEST))
+    builder = _build_here(config, builder, manual_dir, data_dir)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("aia_flares built")
     builder = _builder(config)
+    if not builder.is_prepared():
+      logging.warning("Process %d does not see the dataset process 0 built (data.data_dir=%s is "
+                      "not shared between hosts); building a local copy.", jax.process_index(),
+                      data_dir)
+      try:
+        builder = _build_here(config, builder, manual_dir, data_dir)
+      except Exception as e:
+        raise RuntimeError(
+            f"Process {jax.process_index()}: the dataset is not in data.data_dir={data_dir} on "
+            f"this host, and building it here from {manual_dir} failed ({type(e).__name__}: {e})."
+            " Put data.data_dir on storage every host reads (a gs:// bucket, NFS), or the raw "
+            "files in the same data.manual_dir on every host.") from e
+    multihost_utils.sync_global_devices("aia_flares ready on every host")
   _check_settings(builder, config)
   return builder
 

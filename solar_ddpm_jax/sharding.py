@@ -106,6 +106,25 @@ def shard_batch(mesh: Mesh, local_batch):
   return jax.tree.map(put, local_batch)
 
 
+def host_to_global(mesh: Mesh, x, *, replicate: bool = False) -> jax.Array:
+  """A host numpy array that is the same on every process -> a global array on `mesh`.
+
+  Batch-sharded over (data, fsdp) by default, or held whole on every device (`replicate`). Each
+  process fills only its own devices, so this works on one host and across a pod alike.
+  """
+  x = np.asarray(x)
+  target = replicated(mesh) if replicate else batch_sharding(mesh, x.ndim)
+  return jax.make_array_from_callback(x.shape, target, lambda idx: x[idx])
+
+
+def global_to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a global array as numpy on every process (an all-gather across hosts)."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def per_process_batch_size(global_batch_size: int) -> int:
   """This process's share of the global batch; raises if it does not divide evenly."""
   if global_batch_size % jax.device_count():

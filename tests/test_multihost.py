@@ -20,15 +20,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_together_and_agree(tmp_path):
-  port, workdir, prefix = _free_port(), tmp_path / "run", str(tmp_path / "params_")
+def _run_two(module, *args):
+  port = _free_port()
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
   for name in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS"):
     env.pop(name, None)
-  procs = [subprocess.Popen([sys.executable, "-m", "tests._helpers.multihost_train", str(i),
-                             str(port), str(workdir), prefix], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  procs = [subprocess.Popen([sys.executable, "-m", module, str(i), str(port), *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
            for i in range(2)]
   errors = []
   for p in procs:
@@ -40,6 +40,25 @@ def test_two_processes_train_together_and_agree(tmp_path):
       raise
     errors.append(err[-3000:])
   assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+
+
+def test_hosts_without_a_shared_data_dir_build_the_same_data_and_gather_features(tmp_path):
+  prefix = str(tmp_path / "out_")
+  _run_two("tests._helpers.multihost_data", tmp_path / "data", prefix)
+  out = [np.load(f"{prefix}{i}.npz") for i in range(2)]
+  assert os.listdir(tmp_path / "data" / "host0") and os.listdir(tmp_path / "data" / "host1")
+  np.testing.assert_array_equal(out[0]["image"], out[1]["image"])
+  np.testing.assert_array_equal(out[0]["flare_class"], out[1]["flare_class"])
+  images = out[0]["image"][:13]
+  expected = images.reshape(len(images), -1).astype(np.float64) @ out[0]["w"]
+  for o in out:  # Every process gets all 13 features, gathered from the 4 devices of 2 hosts.
+    assert o["features"].shape == (13, 3)
+    np.testing.assert_allclose(o["features"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_two_processes_train_together_and_agree(tmp_path):
+  workdir, prefix = tmp_path / "run", str(tmp_path / "params_")
+  _run_two("tests._helpers.multihost_train", workdir, prefix)
 
   out = [np.load(f"{prefix}{i}.npz") for i in range(2)]
   names = [k for k in out[0].files if k.startswith("arr_")]

@@ -47,7 +47,10 @@ def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *, source: str,
                   image_shape) -> str:
-  """Writes one feature file with its settings."""
+  """Writes one feature file with its settings (on process 0 of a multi-host job)."""
+  import jax
+  if jax.process_index() != 0:
+    return path
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   s = extractor.settings()
   np.savez(path, features=np.asarray(feats, np.float32), labels=np.asarray(labels, np.int32),

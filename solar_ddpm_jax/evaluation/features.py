@@ -68,13 +68,15 @@ def iter_features(extractor: Extractor, images, *, batch_size: int = 64, mesh=No
                   micro_batch: int = MICRO_BATCH):
   """Yields float32 feature blocks [b, D] of `images` [N, H, W, C], batch-sharded over the mesh.
 
-  `images` may be any indexable of arrays (a numpy memmap streams from disk). Each call holds a
-  multiple of devices x micro_batch images; the last one is padded and the padding dropped.
+  `images` may be any indexable of arrays (a numpy memmap streams from disk), the same on every
+  process of a multi-host job, which all get every feature. Each call holds a multiple of
+  devices x micro_batch images; the last one is padded and the padding dropped.
   """
   mesh = mesh if mesh is not None else sharding.create_mesh()
   unit = mesh.devices.size * int(micro_batch)
   batch_size = max(unit, -(-int(batch_size) // unit) * unit)
-  params = jax.device_put(extractor.params, sharding.replicated(mesh))
+  params = jax.tree.map(lambda p: sharding.host_to_global(mesh, p, replicate=True),
+                        extractor.params)
   fn = _jitted(extractor.fn, mesh, int(micro_batch))
   for start in range(0, len(images), batch_size):
     chunk = np.asarray(images[start:start + batch_size], np.float32)
@@ -82,8 +84,8 @@ def iter_features(extractor: Extractor, images, *, batch_size: int = 64, mesh=No
     padded = -(-n // unit) * unit
     if padded != n:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], padded - n, axis=0)])
-    out = fn(params, jax.device_put(chunk, sharding.batch_sharding(mesh, chunk.ndim)))
-    yield np.asarray(jax.device_get(out), np.float32)[:n]
+    out = fn(params, sharding.host_to_global(mesh, chunk))  # Same images on every process.
+    yield np.asarray(sharding.global_to_host(out), np.float32)[:n]
 
 
 def extract(extractor: Extractor, images, *, batch_size: int = 64, mesh=None,

@@ -1,0 +1,46 @@
+"""One process of a two-process CPU job whose hosts do not share a data folder.
+
+    python -m tests._helpers.multihost_data PROCESS_ID PORT BASE_DIR OUT_PREFIX
+
+Each process gets its own data.data_dir (as on TPU VMs, where ~/tensorflow_datasets is local),
+builds or finds the synthetic dataset, and extracts features of the same images over the global
+mesh.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(process_id, port, base_dir, out_prefix):
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  import numpy as np
+
+  from configs import aia171
+  from solar_ddpm_jax import input_pipeline, sharding
+  from solar_ddpm_jax.evaluation import features
+
+  config = aia171.get_config("test")
+  config.mesh.distributed = "on"
+  config.mesh.coordinator_address = f"127.0.0.1:{port}"
+  config.mesh.num_processes = 2
+  config.mesh.process_id = int(process_id)
+  config.data.data_dir = os.path.join(base_dir, f"host{process_id}")
+  assert sharding.maybe_initialize_distributed(config.mesh)
+  arrays = input_pipeline.load_split_arrays(config, "train")
+  images = arrays["image"][:13]
+  w = np.linspace(-1.0, 1.0, images[0].size * 3, dtype=np.float32).reshape(-1, 3)
+  toy = features.Extractor("toy", lambda p, x: x.reshape(x.shape[0], -1) @ p["w"], {"w": w},
+                           "toy", "0" * 64, "none")
+  feats = features.extract(toy, images, batch_size=4, mesh=sharding.create_mesh(config.mesh))
+  np.savez(f"{out_prefix}{process_id}.npz", image=arrays["image"],
+           flare_class=arrays["flare_class"], features=feats, w=w)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
