@@ -28,6 +28,20 @@ def test_against_sklearn_with_absent_classes(seed):
   np.testing.assert_allclose(rep["accuracy"], skm.accuracy_score(y_true, y_pred))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_macro_scores_skip_classes_absent_from_truth_and_predictions(seed):
+  rng = np.random.default_rng(seed)
+  y_true = rng.choice([0, 1, 2, 3], size=50)  # No X flares in this period...
+  y_pred = rng.choice([0, 1, 2, 3], size=50)  # ...and none predicted.
+  rep = metrics.classification_report(y_true, y_pred, list("ABCMX"))
+  assert rep["macro_classes"] == list("ABCM")
+  np.testing.assert_allclose(rep["macro_f1"], skm.f1_score(y_true, y_pred, average="macro"))
+  np.testing.assert_allclose(rep["macro_precision"],
+                             skm.precision_score(y_true, y_pred, average="macro"))
+  np.testing.assert_allclose(rep["macro_recall"], skm.recall_score(y_true, y_pred, average="macro"))
+  assert rep["f1"]["X"] == 0.0
+
+
 def test_tss_hss_hand_computed():
   # TP=3, FP=2, FN=1, TN=4: TSS = 3/4 - 2/6; HSS = 2(12-2)/((4)(5) + (5)(6)) = 20/50.
   assert metrics.tss(3, 2, 1, 4) == pytest.approx(0.75 - 1 / 3)

@@ -119,6 +119,21 @@ def test_conditioning_accuracy_per_class_and_scale():
   assert set(out) == {"0", "3"}
 
 
+def test_conditioning_accuracy_needs_a_classifier_of_the_conditioning_labels():
+  config = aia171.get_config("test")
+  shape = (config.data.resolution, config.data.resolution, 1)
+  meta = {"label": "flare_class", "class_names": list("ABCMX"), "input_shape": list(shape),
+          "data": {"label": "flare_class"}}
+  report.check_classifier_matches(meta, config, shape)
+  with pytest.raises(ValueError, match="forecast_binary"):
+    report.check_classifier_matches(dict(meta, label="forecast_binary", class_names=["<M", ">=M"]),
+                                    config, shape)
+  with pytest.raises(ValueError, match="data.label='forecast_class'"):
+    report.check_classifier_matches(dict(meta, data={"label": "forecast_class"}), config, shape)
+  with pytest.raises(ValueError, match="takes images"):
+    report.check_classifier_matches(meta, config, (8, 8, 1))
+
+
 def test_extractor_names_from_tuples_and_command_line_text():
   from solar_ddpm_jax.evaluation import features
   assert features.extractor_names(("inception", "clip")) == ["inception", "clip"]

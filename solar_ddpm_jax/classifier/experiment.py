@@ -191,7 +191,8 @@ def markdown_table(results: dict) -> str:
   counts = {s: v["class_counts"] for s, v in results["splits"].items()}
   header = (f"Flare classifier on the real test split, mean ± std over {n} seed(s). "
             f"Class counts (train / validation / test): {counts}. "
-            f"Source: {results['settings']['data_source']} data.\n\n")
+            f"Source: {results['settings']['data_source']} data. Macro scores average the "
+            "classes that occur in the test truth or the predictions.\n\n")
   return header + "\n".join(lines) + "\n"
 
 

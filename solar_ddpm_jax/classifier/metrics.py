@@ -61,13 +61,19 @@ def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int
   k = len(class_names)
   cm = confusion_matrix(y_true, y_pred, k)
   scores = per_class_scores(cm)
+  # Macro averages over the classes that occur in the truth or the predictions (scikit-learn's
+  # labels=None): a class absent from both, e.g. no X flares in a test period, would otherwise
+  # count as F1 = 0 and cap the macro score.
+  seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+  macro = lambda v: float(np.mean(v[seen])) if seen.any() else 0.0
   report = {
       "class_names": class_names,
       "confusion_matrix": cm.tolist(),
       "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-      "macro_f1": float(np.mean(scores["f1"])),
-      "macro_precision": float(np.mean(scores["precision"])),
-      "macro_recall": float(np.mean(scores["recall"])),
+      "macro_f1": macro(scores["f1"]),
+      "macro_precision": macro(scores["precision"]),
+      "macro_recall": macro(scores["recall"]),
+      "macro_classes": [c for c, s in zip(class_names, seen, strict=True) if s],
   }
   for name in ("precision", "recall", "f1"):
     report[name] = {c: float(v) for c, v in zip(class_names, scores[name], strict=True)}
@@ -84,7 +90,7 @@ def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int
 
 def scalar_scores(report: dict) -> dict[str, float]:
   """The flat scalar scores of a report: macro/accuracy/TSS/HSS and per-class F1/P/R."""
-  out = {k: v for k, v in report.items() if isinstance(v, float)}
+  out = {k: v for k, v in report.items() if isinstance(v, float)}  # Not the macro_classes list.
   for name in ("f1", "precision", "recall"):
     for c, v in report[name].items():
       out[f"{name}_{c}"] = v

@@ -51,10 +51,8 @@ def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
     out.update(fid_lib.prdc(r, f, k=k))
     out["prdc_count_real"], out["prdc_count_fake"] = len(r), len(f)
     if boot > 1:
-      for name in ("precision", "recall", "density", "coverage"):
-        out[f"{name}_ci"] = fid_lib.bootstrap_ci(
-            lambda a, b, name=name: fid_lib.prdc(a, b, k=k)[name], r, f,
-            num_resamples=boot, seed=seed)
+      cis = fid_lib.prdc_bootstrap_ci(r, f, k=k, num_resamples=boot, seed=seed)
+      out.update({f"{name}_ci": ci for name, ci in cis.items()})
   if len(real) >= 2:
     out["clusters"] = clusters.ndb_js(real, fake, num_clusters=int(ev.num_clusters), seed=seed)
   return out
@@ -112,6 +110,27 @@ def _classifier_predict(config, workdir):
       return np.asarray(predict(apply_fn, params, images))
     return np.asarray(jnp.argmax(apply_fn(params, jnp.asarray(images)), axis=-1))
   return fn, path, meta
+
+
+def check_classifier_matches(meta: dict, config, image_shape) -> None:
+  """Raises ValueError unless the classifier predicts what the diffusion model is conditioned on.
+
+  Conditioning accuracy compares the classifier's class with the requested label, so both must
+  mean the same thing: a five-class "flare_class" classifier, trained on data labelled like the
+  model's (config.data.label), on images of the same shape.
+  """
+  label, names = meta.get("label"), list(meta.get("class_names", []))
+  if label != "flare_class" or names != list(FLARE_CLASSES):
+    raise ValueError(f"the classifier predicts {label!r} ({names}), not the flare classes "
+                     f"{list(FLARE_CLASSES)} the model is conditioned on")
+  data_label = (meta.get("data") or {}).get("label", "flare_class")
+  if data_label != config.data.label:
+    raise ValueError(f"the classifier was trained on data.label={data_label!r} but the model is "
+                     f"conditioned on data.label={config.data.label!r}")
+  shape = meta.get("input_shape")
+  if shape is not None and list(shape) != list(image_shape):
+    raise ValueError(f"the classifier takes images {list(shape)}, the samples are "
+                     f"{list(image_shape)}")
 
 
 def conditioning_accuracy(config, workdir, predict_fn, samples_by_scale: dict) -> dict:
@@ -173,7 +192,8 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
   except Exception as e:  # Physical units need the data settings; report rather than stop.
     report["physics"] = _skip(f"{type(e).__name__}: {e}")
   try:
-    predict_fn, path, _ = _classifier_predict(config, workdir)
+    predict_fn, path, meta = _classifier_predict(config, workdir)
+    check_classifier_matches(meta, config, fake_images.shape[1:])
     samples = {}
     if generate_fn is not None:
       labels = _requested_labels(config)
@@ -195,8 +215,11 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
 def evaluate(config, workdir: str) -> dict:
   """Samples (or reads config.evaluation.samples_npz), evaluates, writes report.json/.md + PNGs."""
   ev = config.evaluation
+  import jax
+  writer = jax.process_index() == 0  # Every process computes; the first one writes.
   out_dir = os.path.join(workdir, "evaluation")
-  os.makedirs(out_dir, exist_ok=True)
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
   real = export.load_real(config, ev.real_split)
   generate_fn = None
   if ev.samples_npz:
@@ -206,9 +229,11 @@ def evaluate(config, workdir: str) -> dict:
       return _generate(config, workdir, labels, w)
     labels = _requested_labels(config)
     fake = (generate_fn(labels, float(config.sampling.guidance_scale)), labels)
-    np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1])
+    if writer:
+      np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1])
   report = run_report(config, workdir, real, fake, generate_fn=generate_fn)
-  write_report(report, out_dir, real, fake, config)
+  if writer:
+    write_report(report, out_dir, real, fake, config)
   return report
 
 
