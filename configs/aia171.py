@@ -199,6 +199,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   mesh.num_processes = 0  # Processes in the job, when not in the environment.
   mesh.process_id = -1  # This process, when not in the environment.
   mesh.compilation_cache_dir = ""  # Persistent jit cache ("" = off).
+  mesh.cpu_convolutions = "eigen"  # XLA:CPU conv kernels: "eigen" (faster here) or "ynnpack".
 
   return _PRESET_OVERRIDES[preset](config)
 

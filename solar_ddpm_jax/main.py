@@ -52,6 +52,7 @@ def main(argv):
   _hide_accelerators_from_tensorflow()
 
   from solar_ddpm_jax import sharding
+  sharding.configure_xla_cpu(config.mesh)
   sharding.maybe_initialize_distributed(config.mesh)
   import jax
   if config.mesh.compilation_cache_dir:

@@ -6,3 +6,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from solar_ddpm_jax import sharding  # noqa: E402
+
+sharding.configure_xla_cpu()  # The XLA:CPU settings of the command line (mesh.cpu_convolutions).
