@@ -49,6 +49,7 @@ def main():
   ap.add_argument("--inception_size", type=int, default=inception.INPUT_SIZE)
   ap.add_argument("--batch_size", type=int, default=32)
   args = ap.parse_args()
+  sharding.configure_xla_cpu()  # The library's XLA:CPU settings, before the backend starts.
   mesh = sharding.create_mesh()
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
         f"({jax.default_backend()}); images {args.images} of {args.size}px")

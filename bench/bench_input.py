@@ -27,6 +27,7 @@ def _measure(args) -> list[list[str]]:
 
   sys.path.insert(0, common.REPO)
   from solar_ddpm_jax import input_pipeline, sharding
+  sharding.configure_xla_cpu()  # The library's XLA:CPU settings, before the backend starts.
   dtype = "float32" if jax.default_backend() == "cpu" else None
   config = common.bench_config(args.preset, batch_size=args.batch, dtype=dtype)
   with config.unlocked():

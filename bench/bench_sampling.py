@@ -5,7 +5,8 @@
 JAX: solar_ddpm_jax.samplers.make_sample_fn (one compiled scan, CFG as one batched forward pass
 over [cond, uncond]) for DDPM 1000 steps, DDIM 50 and DPM-Solver++ 20 with guidance w = 3.
 Reference: bench/torch_reference.py ReferenceDiffusion.sample, the published Python loop (two
-forward passes per step, torch.lerp), with the published network. Both with the paper preset.
+forward passes per step, torch.lerp), with the published network, in float32 on CUDA when there is
+a GPU. Both with the paper preset.
 On CPU each sampler runs `--steps` steps (DDPM: a schedule of that many timesteps; the work per
 step does not depend on T) and the table gives seconds per step and the images/s that the full
 step counts would reach; on a GPU pass --steps 0 for the full counts. Each case runs in its own
@@ -27,15 +28,20 @@ GUIDANCE = 3.0
 
 
 def _jax_case(args) -> dict:
+  sys.path.insert(0, common.REPO)
+  from solar_ddpm_jax import sharding
+  config = common.bench_config("paper", image_size=args.image_size or None,
+                               attention_impl=None if args.attention == "auto" else args.attention,
+                               batch_size=args.batch)
+  sharding.configure_xla_cpu(config.mesh)  # Before the backend starts.
   import jax
   import numpy as np
 
-  sys.path.insert(0, common.REPO)
-  from solar_ddpm_jax import diffusion, samplers, sharding, train, unet
+  from solar_ddpm_jax import diffusion, samplers, train, unet
   dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
-  config = common.bench_config("paper", image_size=args.image_size or None,
-                               attention_impl=None if args.attention == "auto" else args.attention,
-                               dtype=dtype, batch_size=args.batch)
+  if dtype:
+    with config.unlocked():
+      config.model.dtype = dtype
   steps = args.steps or FULL_STEPS[args.sampler]
   with config.unlocked():
     config.sampling.sampler = args.sampler
@@ -63,18 +69,21 @@ def _torch_case(args) -> dict:
   import torch_reference as ref
   common.torch_threads(args.threads)
   torch.manual_seed(0)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
   size = args.image_size or 64
-  model = ref.UNetConditional(image_size=size, need_weights=args.case == "torch")
-  diff = ref.ReferenceDiffusion(img_size=size)
-  labels = torch.arange(args.batch) % 5
+  model = ref.UNetConditional(image_size=size, need_weights=args.case == "torch").to(device)
+  diff = ref.ReferenceDiffusion(img_size=size, device=device)
+  labels = torch.arange(args.batch, device=device) % 5
   steps = args.steps or FULL_STEPS["ddpm"] - 1
   run = lambda: diff.sample(model, labels, cfg_scale=GUIDANCE, num_steps=steps)
   t0 = time.perf_counter()
   diff.sample(model, labels, cfg_scale=GUIDANCE, num_steps=1)
   warm_s = time.perf_counter() - t0
-  mean_s, _ = common.time_calls(run, args.repeats)
+  mean_s, _ = common.time_calls(run, args.repeats, lambda x: x.cpu())
   return {"steps": steps, "warm_s": warm_s, "run_s": mean_s, "step_s": mean_s / steps,
-          "rss_mib": common.peak_rss_mib(), "device_mib": None}
+          "rss_mib": common.peak_rss_mib(),
+          "device_mib": (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+                         else None)}
 
 
 def main():

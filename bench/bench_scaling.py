@@ -29,6 +29,7 @@ def _case(args) -> dict:
   sys.path.insert(0, common.REPO)
   from solar_ddpm_jax import samplers, sharding
   config = common.bench_config(args.preset, batch_size=args.batch, dtype="float32")
+  sharding.configure_xla_cpu(config.mesh)  # Before the backend starts.
   with config.unlocked():
     config.sampling.sampler = "ddim"
     config.sampling.num_steps = args.sample_steps

@@ -19,11 +19,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE_MARK = "BENCH_CASE_RESULT "  # Prefix of the JSON line a case subprocess prints.
 
-# Dense peak throughput (FLOP/s) of the accelerators the MFU figures are given for.
+# Dense peak throughput (FLOP/s, no sparsity) of the accelerators the MFU figures are given for.
+# float32 is the TF32 tensor-core peak: XLA's default precision for float32 dots and convolutions
+# on these GPUs, and cuDNN's for torch's convolutions (the plain fp32 units: 67 TFLOP/s on H100).
 PEAK_FLOPS = {
-    "H100": {"bfloat16": 989e12, "float32": 67e12},  # SXM, dense (no sparsity); fp32 non-tensor.
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},  # SXM.
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
 }
 
 
@@ -148,8 +150,9 @@ def add_common_args(parser) -> None:
 
 def bench_config(preset: str, *, image_size: int | None = None, attention_impl: str | None = None,
                  dtype: str | None = None, batch_size: int | None = None,
-                 faithful: bool | None = None):
-  """configs/aia171.py preset with the benchmark's overrides (None keeps the preset's value)."""
+                 faithful: bool | None = None, remat: str = "preset",
+                 cpu_convolutions: str | None = None):
+  """configs/aia171.py preset with the benchmark's overrides (None / "preset" keep the preset's)."""
   sys.path.insert(0, REPO)
   from configs import aia171
   config = aia171.get_config(preset)
@@ -169,6 +172,10 @@ def bench_config(preset: str, *, image_size: int | None = None, attention_impl: 
       config.sampling.batch_size = batch_size
     if faithful is not None:
       config.model.faithful = faithful
+    if remat != "preset":
+      config.model.remat = {"on": True, "off": False}[remat]
+    if cpu_convolutions is not None:
+      config.mesh.cpu_convolutions = cpu_convolutions
   return config
 
 
@@ -183,8 +190,31 @@ def jax_train_setup(config, mesh):
   return apply_fn, schedule, state, step
 
 
+def jax_model_flops(config, mesh, batch: int) -> float | None:
+  """Model FLOPs of one train step of `config`: XLA's cost analysis of the step lowered (not
+  compiled) with attention "xla" and remat off, so every FLOP is a plain dot or convolution that
+  the analysis counts once (loops count their body once; custom calls are not counted)."""
+  import jax
+  import jax.numpy as jnp
+  sys.path.insert(0, REPO)
+  from solar_ddpm_jax import diffusion, train, train_state, unet
+  plain = config.copy_and_resolve_references()
+  with plain.unlocked():
+    plain.model.attention_impl = "xla"
+    plain.model.remat = False
+  apply_fn = train.make_apply_fn(unet.create_model(plain.model))
+  abstract = train_state.abstract_state(plain)
+  step = train.jit_train_step(train.make_train_step(plain, apply_fn,
+                                                    diffusion.make_schedule(plain.diffusion)),
+                              mesh, train.state_shardings(mesh, abstract))
+  size, channels = int(plain.model.image_size), int(plain.model.in_channels)
+  batch_shapes = {"image": jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32),
+                  "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+  return jax_cost_flops(step.lower(abstract, batch_shapes))
+
+
 def jax_cost_flops(compiled) -> float | None:
-  """FLOPs of a compiled XLA executable from its cost analysis (None when not reported)."""
+  """FLOPs from the cost analysis of a compiled or lowered step (None when not reported)."""
   try:
     cost = compiled.cost_analysis()
   except Exception:  # Not every backend implements it.
@@ -196,11 +226,15 @@ def jax_cost_flops(compiled) -> float | None:
   return float(cost["flops"])
 
 
+def peak_flops_of(device_name: str, dtype: str) -> tuple[float | None, str]:
+  """(peak FLOP/s, device name) for a device named `device_name` (None on CPU/unknown)."""
+  for name, peaks in PEAK_FLOPS.items():
+    if name in device_name:
+      return peaks.get(dtype), device_name
+  return None, device_name
+
+
 def device_peak_flops(dtype: str) -> tuple[float | None, str]:
   """(peak FLOP/s, device name) of the first JAX device for `dtype` (None on CPU/unknown)."""
   import jax
-  kind = jax.devices()[0].device_kind
-  for name, peaks in PEAK_FLOPS.items():
-    if name in kind:
-      return peaks.get(dtype), kind
-  return None, kind
+  return peak_flops_of(jax.devices()[0].device_kind, dtype)

@@ -163,15 +163,30 @@ def num_params(model: nn.Module) -> int:
   return sum(p.numel() for p in model.parameters())
 
 
+def use_explicit_attention(model: nn.Module) -> None:
+  """Switches a model's attention to explicit softmax(QK^T)V matmuls (same function).
+
+  torch's FlopCounterMode counts matmuls but not every fused attention kernel (the CPU flash
+  kernel is missing), so FLOP counts are taken in this mode.
+  """
+  for m in model.modules():
+    if isinstance(m, SelfAttention):
+      m.need_weights = True
+  if hasattr(model, "set_attn_processor"):  # diffusers
+    from diffusers.models.attention_processor import AttnProcessor
+    model.set_attn_processor(AttnProcessor())
+
+
 class ReferenceDiffusion:
   """The original's linear-beta DDPM: its training step and its Python-loop CFG sampler."""
 
   def __init__(self, noise_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-               img_size: int = 64, channels: int = 1):
+               img_size: int = 64, channels: int = 1, device: str = "cpu"):
     self.noise_steps = noise_steps
     self.img_size = img_size
     self.channels = channels
-    self.beta = torch.linspace(beta_start, beta_end, noise_steps)
+    self.device = device
+    self.beta = torch.linspace(beta_start, beta_end, noise_steps, device=device)
     self.alpha = 1.0 - self.beta
     self.alpha_hat = torch.cumprod(self.alpha, dim=0)
 
@@ -182,7 +197,7 @@ class ReferenceDiffusion:
     return sqrt_alpha_hat * x + sqrt_one_minus_alpha_hat * eps, eps
 
   def sample_timesteps(self, n):
-    return torch.randint(low=1, high=self.noise_steps, size=(n,))
+    return torch.randint(low=1, high=self.noise_steps, size=(n,), device=self.device)
 
   @torch.no_grad()
   def sample(self, model, labels, cfg_scale: float = 3.0, num_steps: int | None = None,
@@ -194,12 +209,13 @@ class ReferenceDiffusion:
     """
     model.eval()
     n = len(labels)
-    x = torch.randn((n, self.channels, self.img_size, self.img_size), generator=generator)
+    x = torch.randn((n, self.channels, self.img_size, self.img_size), generator=generator,
+                    device=self.device)
     steps = list(reversed(range(1, self.noise_steps)))
     if num_steps is not None:
       steps = steps[:num_steps]
     for i in steps:
-      t = (torch.ones(n) * i).long()
+      t = torch.full((n,), i, dtype=torch.long, device=self.device)
       predicted_noise = model(x, t, labels)
       if cfg_scale > 0:
         uncond_predicted_noise = model(x, t, None)
@@ -208,7 +224,7 @@ class ReferenceDiffusion:
       alpha_hat = self.alpha_hat[t][:, None, None, None]
       beta = self.beta[t][:, None, None, None]
       if i > 1:
-        noise = torch.randn(x.shape, generator=generator)
+        noise = torch.randn(x.shape, generator=generator, device=self.device)
       else:
         noise = torch.zeros_like(x)
       x = 1 / torch.sqrt(alpha) * (
@@ -385,7 +401,7 @@ def diffusers_unet(model_config):
 
   def forward(m, x, t, y):
     if y is None:
-      y = torch.full((x.shape[0],), null, dtype=torch.long)
+      y = torch.full((x.shape[0],), null, dtype=torch.long, device=x.device)
     return m(x, t, class_labels=y).sample
 
   return model, forward

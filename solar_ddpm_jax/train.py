@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
-from solar_ddpm_jax import FLARE_CLASSES, checkpointing, sharding, train_state
+from solar_ddpm_jax import FLARE_CLASSES, sharding, train_state
 
 NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
 METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
@@ -205,7 +204,10 @@ def train_and_evaluate(config, workdir: str, *,
   input pipeline); eval_iterator_fn() -> iterator of validation batches (default: the pipeline's
   validation split). Both are for tests and custom data; the step is the data position.
   """
-  from solar_ddpm_jax import diffusion, outputs, sample, samplers, unet
+  # Imported here: the step functions above need neither TensorFlow (clu's writers) nor orbax.
+  from clu import metric_writers, periodic_actions
+
+  from solar_ddpm_jax import checkpointing, diffusion, outputs, sample, samplers, unet
 
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
