@@ -175,6 +175,28 @@ def test_auto_attention_is_blockwise_on_cpu_for_long_sequences():
     attention.resolve("flash3", 16, jnp.float32, 8)
 
 
+@pytest.mark.parametrize("block_style", ["paper", "modern"])
+def test_remat_recomputes_blocks_in_the_program_xla_receives(block_style):
+  # The lowered gradient holds the forward convolutions of every rematerialised block twice.
+  # (XLA:CPU merges them back when it compiles; GPU and TPU compilers keep them.)
+  config = aia171.get_config("test")
+  config.model.block_style = block_style
+  x, t, labels = unet.dummy_inputs(config.model, batch=2)
+  params = jax.eval_shape(lambda k: unet.init_params(config.model, k), jax.random.key(0))
+
+  def convolutions(remat, grad=True):
+    config.model.remat = remat
+    model = unet.create_model(config.model)
+    fn = lambda p: jnp.mean(model.apply({"params": p}, x, t, labels) ** 2)
+    return jax.jit(jax.grad(fn) if grad else fn).lower(params).as_text().count(
+        "stablehlo.convolution")
+
+  forward, plain, remat = convolutions(False, grad=False), convolutions(False), convolutions(True)
+  # Each block recomputes the convolutions whose outputs its backward needs (modern blocks: the
+  # first of their two; paper blocks: both).
+  assert remat >= plain + forward // 3, (forward, plain, remat)
+
+
 def test_remat_and_bf16_keep_the_function():
   config = aia171.get_config("test")
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
