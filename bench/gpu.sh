@@ -24,6 +24,7 @@ PRESETS=${PRESETS:-paper,res256}
 BATCH=${BATCH:-0}
 SAMPLE_STEPS=${SAMPLE_STEPS:-0}
 SAMPLE_BATCH=${SAMPLE_BATCH:-64}
+THREADS=$(nproc)  # Host threads for compiling and dispatch (the CPU benchmarks pin 2).
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
 if ! "$PY" -c "import ml_collections" 2>/dev/null; then
@@ -53,10 +54,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total,
 train() {  # train NAME ARGS...: bench_train rows; a JAX row that fails with cuDNN attention
   local name=$1; shift  #   is run again with XLA's attention.
   "$PY" bench/bench_train.py --presets "$PRESETS" --batch "$BATCH" --attention auto \
-    --cpu_convolutions eigen --timeout 300 "$@" 2>&1 | tee "$OUTDIR/gpu_$name.md"
+    --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" 2>&1 \
+    | tee "$OUTDIR/gpu_$name.md"
   if grep -q "| jax (auto.*| exit" "$OUTDIR/gpu_$name.md"; then
     "$PY" bench/bench_train.py --presets "$PRESETS" --batch "$BATCH" --attention xla \
-      --cpu_convolutions eigen --timeout 300 "$@" --frameworks jax 2>&1 \
+      --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" --frameworks jax 2>&1 \
       | tee -a "$OUTDIR/gpu_$name.md"
   fi
 }
@@ -70,7 +72,7 @@ for part in "${parts[@]}"; do
     fp32) train fp32 --dtype float32 --steps 5 --frameworks jax ;;
     sampling)
       "$PY" bench/bench_sampling.py --steps "$SAMPLE_STEPS" --batch "$SAMPLE_BATCH" \
-        --dtype bfloat16 --frameworks jax,torch --timeout 300 2>&1 \
+        --dtype bfloat16 --frameworks jax,torch --threads "$THREADS" --timeout 300 2>&1 \
         | tee "$OUTDIR/gpu_sampling.md" ;;
     *) echo "unknown part $part (mfu, fp32, sampling, all)" >&2; exit 2 ;;
   esac
