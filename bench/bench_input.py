@@ -41,11 +41,11 @@ def _producer_s(arrays, config, mesh, batches: int) -> float:
 def _measure(args) -> list[list[str]]:
   sys.path.insert(0, common.REPO)
   from solar_ddpm_jax import input_pipeline, sharding
-  sharding.configure_xla_cpu()  # The library's XLA:CPU settings, before the backend starts.
+  config = common.bench_config(args.preset, batch_size=args.batch)
+  sharding.configure_xla_cpu(config.mesh)  # Before the backend starts.
   import jax
   import numpy as np
-  dtype = "float32" if jax.default_backend() == "cpu" else None
-  config = common.bench_config(args.preset, batch_size=args.batch, dtype=dtype)
+  common.set_jax_dtype(config)
   with config.unlocked():
     config.data.source = "synthetic"
     config.data.synthetic.num_images = args.num_images

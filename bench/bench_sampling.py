@@ -38,10 +38,7 @@ def _jax_case(args) -> dict:
   import numpy as np
 
   from solar_ddpm_jax import diffusion, samplers, train, unet
-  dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
-  if dtype:
-    with config.unlocked():
-      config.model.dtype = dtype
+  common.set_jax_dtype(config, args.dtype)
   steps = args.steps or FULL_STEPS[args.sampler]
   with config.unlocked():
     config.sampling.sampler = args.sampler

@@ -50,10 +50,7 @@ def _jax_case(args) -> dict:
   import numpy as np
 
   from solar_ddpm_jax import train
-  dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
-  if dtype:
-    with config.unlocked():
-      config.model.dtype = dtype
+  common.set_jax_dtype(config, args.dtype)
   mesh = sharding.create_mesh(config.mesh)
   _, _, state, step = common.jax_train_setup(config, mesh)
   size, channels = int(config.model.image_size), int(config.model.in_channels)

@@ -179,6 +179,17 @@ def bench_config(preset: str, *, image_size: int | None = None, attention_impl: 
   return config
 
 
+def set_jax_dtype(config, requested: str | None = None):
+  """Sets config.model.dtype to `requested`, else to float32 on CPU (where bf16 is emulated), else
+  keeps the preset's; returns `config`. Starts JAX's backend: call after configure_xla_cpu."""
+  import jax
+  dtype = requested or ("float32" if jax.default_backend() == "cpu" else None)
+  if dtype:
+    with config.unlocked():
+      config.model.dtype = dtype
+  return config
+
+
 def jax_train_setup(config, mesh):
   """(apply_fn, schedule, state, jitted train step) of `config` on `mesh`, as train.py has them."""
   sys.path.insert(0, REPO)

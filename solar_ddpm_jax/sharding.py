@@ -37,10 +37,10 @@ def configure_xla_cpu(mesh_config=None) -> str:
   later it only warns. "eigen" (the default) runs convolutions on XLA:CPU's Eigen kernels rather
   than YNNPACK, which keeps the matrix products: their weight gradients are 2x faster, the paper
   train step 1.2x and the res128 one 1.4x on a 2-core AVX-512 CPU (bench/bench_train.py
-  --xla_cpu_conv). Flags the user already set in XLA_FLAGS win. No effect on GPU or TPU.
+  --cpu_convolutions eigen,ynnpack). Flags the user already set in XLA_FLAGS win. No effect on
+  GPU or TPU.
   """
   import jaxlib
-  from jax._src import xla_bridge
   choice = str(mesh_config.get("cpu_convolutions", "eigen")) if mesh_config is not None else "eigen"
   if choice not in CPU_CONVOLUTION_FLAGS:
     raise ValueError(f"mesh.cpu_convolutions={choice!r}: choose one of "
@@ -53,6 +53,7 @@ def configure_xla_cpu(mesh_config=None) -> str:
     logging.info("mesh.cpu_convolutions=%r not applied: measured on jaxlib %s, not %s.", choice,
                  "/".join(_CPU_FLAGS_JAXLIB), jaxlib.__version__)
     return ""
+  from jax._src import xla_bridge  # Private: only touched on the releases above.
   if xla_bridge.backends_are_initialized():
     logging.warning("mesh.cpu_convolutions=%r not applied: JAX's backends already started.",
                     choice)
