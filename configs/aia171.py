@@ -38,6 +38,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.hek_events = ""  # Saved HEK flare event list (JSON/CSV); "" = label by GOES flux only.
   data.resolution = 64  # Image height and width in pixels after downsampling.
   data.channels = (171,)  # AIA wavelengths in Angstrom, one image channel each.
+  data.frame_px = 4096  # Pixels across the input AIA frames; frames of another size are skipped.
   data.downsample = "sum"  # "sum": SDOML-style block sums; "resize": area-averaging resize.
   data.dn_ceiling = (3000.0,)  # Per-channel clip ceiling in DN/s/pixel at full resolution.
   data.stretch = "log"  # "log" or "asinh": the map from [0, ceiling] DN/s to [-1, 1].
@@ -51,6 +52,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.channel_match_s = 60.0  # Channels of one multichannel frame lie this close in time (s).
   data.hek_window_minutes = 30.0  # With hek_events: >= hek_min_class frames this near a peak.
   data.hek_min_class = "M"  # With hek_events: classes that must be near a HEK flare peak.
+  data.hek_scaling = "noaa_0.7"  # Scale of the HEK classes: "noaa_0.7" (GOES <= 15 era), "science".
   data.forecast_window_hours = 24.0  # Window after the image for the peak-class forecast label.
   data.train_end = "2014-01-01"  # Images before this time are training data (UTC, ISO).
   data.val_end = "2015-01-01"  # Images in [train_end, val_end) validate; later ones test.
@@ -167,7 +169,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------------------- classifier
   classifier = config.classifier = ml_collections.ConfigDict()
-  classifier.label = "flare_class"  # "flare_class" (A..X) or "forecast_binary" (>= M).
+  classifier.label = "flare_class"  # "flare_class", "forecast_class" (A..X) or "forecast_binary".
   classifier.widths = (32, 64, 128, 256)  # ResNet stage widths.
   classifier.blocks_per_stage = 2  # Residual blocks per stage.
   classifier.batch_size = 64  # Global batch size.

@@ -167,8 +167,11 @@ def build_dataset(config, workdir: str | None = None):
 
 
 def _prepared_builder(config):
+  import jax
   builder = _builder(config)
-  if not builder.is_prepared():
+  # build_dataset's barriers are collective: in a multi-host job every process passes them, also
+  # one that reaches this point after process 0 has finished the build and so finds the dataset.
+  if jax.process_count() > 1 or not builder.is_prepared():
     builder = build_dataset(config)
   _check_settings(builder, config)
   return builder

@@ -12,8 +12,8 @@ import os
 import numpy as np
 
 from solar_ddpm_jax import FLARE_CLASSES
+from tfds_aia.preprocess import AIA_FULL_FRAME_PX  # Pixels across an AIA full-disc frame.
 
-AIA_FULL_FRAME_PX = 4096  # Pixels across an AIA level-1.5 frame.
 AIA_PLATE_SCALE_ARCSEC = 0.6  # Arcsec per pixel of a level-1.5 frame.
 RSUN_OBS_ARCSEC = 960.0  # Nominal solar radius seen from 1 AU (the frame's disc).
 DSUN_OBS_M = 1.495978707e11  # Observer distance: 1 AU.
@@ -80,9 +80,8 @@ def save_class_grid(images, labels, path: str, wavelength_a: int = 171,
 
 def source_frame_px(data_config) -> int:
   """Pixels across the full-resolution frames the data set was built from."""
-  if data_config.source == "synthetic":
-    return int(data_config.synthetic.image_size)
-  return AIA_FULL_FRAME_PX
+  from tfds_aia import preprocess
+  return preprocess.frame_px(data_config)
 
 
 def to_dn_per_s(images, data_config) -> np.ndarray:

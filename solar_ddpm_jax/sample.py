@@ -9,6 +9,7 @@ labels, settings), grid.png (one row per class, AIA colormap) and fits/ (one ima
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -87,7 +88,11 @@ def generate(config, workdir: str, labels, *, guidance_scale=None, sampler=None,
                    num_steps=num_steps, seed=seed)[0]
 
 
-_SAMPLE_FN_CACHE: dict = {}  # Settings that shape the program -> (mesh, sample_fn).
+# Settings that shape the program -> (mesh, sample_fn), least recently used first. A few entries, so
+# that a run alternating between two samplers (the classifier experiment's synthetic images and the
+# evaluation's) compiles each once.
+_SAMPLE_FN_CACHE: collections.OrderedDict = collections.OrderedDict()
+_SAMPLE_FN_CACHE_SIZE = 4
 
 
 def _sample_fn(cfg):
@@ -101,12 +106,15 @@ def _sample_fn(cfg):
   key = json.dumps([cfg.model.to_dict(), cfg.diffusion.to_dict(), cfg.mesh.to_dict(), s.sampler,
                     int(s.num_steps), float(s.eta), s.ddpm_variance, bool(s.clip_x0)],
                    sort_keys=True, default=str)
-  if key not in _SAMPLE_FN_CACHE:
-    _SAMPLE_FN_CACHE.clear()
-    mesh = sharding.create_mesh(cfg.mesh)
-    apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
-    _SAMPLE_FN_CACHE[key] = (mesh, samplers.make_sample_fn(
-        apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh))
+  if key in _SAMPLE_FN_CACHE:
+    _SAMPLE_FN_CACHE.move_to_end(key)
+    return _SAMPLE_FN_CACHE[key]
+  mesh = sharding.create_mesh(cfg.mesh)
+  apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
+  _SAMPLE_FN_CACHE[key] = (mesh, samplers.make_sample_fn(
+      apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh))
+  while len(_SAMPLE_FN_CACHE) > _SAMPLE_FN_CACHE_SIZE:
+    _SAMPLE_FN_CACHE.popitem(last=False)
   return _SAMPLE_FN_CACHE[key]
 
 

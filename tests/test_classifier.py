@@ -42,10 +42,25 @@ def test_model_shapes_and_features():
   assert params_b["head"]["kernel"].shape == (32, 2)
 
 
-def test_labels_of_forecast_binary():
+def test_labels_of_each_classifier_label():
   arrays = {"flare_class": np.array([0, 4]), "forecast_class": np.array([2, 3])}
   np.testing.assert_array_equal(train_lib.labels_of(arrays, "forecast_binary"), [0, 1])
+  np.testing.assert_array_equal(train_lib.labels_of(arrays, "forecast_class"), [2, 3])
   np.testing.assert_array_equal(train_lib.labels_of(arrays, "flare_class"), [0, 4])
+
+
+def test_synthetic_images_get_the_targets_their_classes_determine():
+  from solar_ddpm_jax.classifier import experiment
+  mx, cmx = np.array([3, 4, 3]), np.array([2, 3, 4])
+  targets = experiment.synthetic_targets
+  np.testing.assert_array_equal(targets(cmx, "forecast_class", "forecast_class"), cmx)
+  np.testing.assert_array_equal(targets(cmx, "forecast_class", "forecast_binary"), [0, 1, 1])
+  np.testing.assert_array_equal(targets(mx, "flare_class", "forecast_binary"), [1, 1, 1])
+  with pytest.raises(ValueError, match="below M"):  # A C-class image: the peak is unknown.
+    targets(cmx, "flare_class", "forecast_binary")
+  for data_label, label in (("forecast_class", "flare_class"), ("flare_class", "forecast_class")):
+    with pytest.raises(ValueError, match="Use the same label"):
+      targets(mx, data_label, label)
 
 
 def test_augmentation_keeps_disc_and_centre():

@@ -128,10 +128,14 @@ def test_conditioning_accuracy_needs_a_classifier_of_the_conditioning_labels():
   with pytest.raises(ValueError, match="forecast_binary"):
     report.check_classifier_matches(dict(meta, label="forecast_binary", class_names=["<M", ">=M"]),
                                     config, shape)
-  with pytest.raises(ValueError, match="data.label='forecast_class'"):
-    report.check_classifier_matches(dict(meta, data={"label": "forecast_class"}), config, shape)
+  with pytest.raises(ValueError, match="classifier.label=flare_class"):
+    report.check_classifier_matches(dict(meta, label="forecast_class"), config, shape)
+  config.data.label = "forecast_class"  # A forecasting model is judged by a forecast classifier.
+  with pytest.raises(ValueError, match="classifier.label=forecast_class"):
+    report.check_classifier_matches(meta, config, shape)
+  report.check_classifier_matches(dict(meta, label="forecast_class"), config, shape)
   with pytest.raises(ValueError, match="takes images"):
-    report.check_classifier_matches(meta, config, (8, 8, 1))
+    report.check_classifier_matches(dict(meta, label="forecast_class"), config, (8, 8, 1))
 
 
 def test_extractor_names_from_tuples_and_command_line_text():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.spatial.distance
 
 from solar_ddpm_jax.evaluation import fid as fid_lib
@@ -24,13 +25,33 @@ def _fid_eigen(x, y):
   return ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
 
 
+def _fid_pytorch(x, y):
+  """pytorch-fid's formula: scipy.linalg.sqrtm of the covariance product."""
+  mu1, mu2 = x.mean(0), y.mean(0)
+  s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  covmean = scipy.linalg.sqrtm(s1 @ s2).real
+  return ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+
+
 @pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (0.5, 1.3), (2.0, 0.7)])
-def test_fid_matches_eigen_formula(shift, scale):
+def test_fid_matches_pytorch_fid_and_eigen_formula(shift, scale):
   x, y = _features(0), _features(1, shift=shift, scale=scale)
   ours = fid_lib.fid(x, y)
-  ref = _fid_eigen(x, y)
-  np.testing.assert_allclose(ours, ref, rtol=1e-6)
+  np.testing.assert_allclose(ours, _fid_pytorch(x, y), rtol=1e-8)
+  np.testing.assert_allclose(ours, _fid_eigen(x, y), rtol=1e-8)
   assert ours > 0
+
+
+@pytest.mark.parametrize("n1,n2,d", [(10, 12, 32), (40, 25, 64), (30, 30, 100)])
+def test_fid_with_fewer_images_than_dimensions(n1, n2, d):
+  # fid() works in sample space here (singular values of X1 X2^T); the covariance way agrees.
+  x, y = _features(2, n=n1, d=d), _features(3, n=n2, d=d, shift=0.3, scale=1.2)
+  ours = fid_lib.fid(x, y)
+  np.testing.assert_allclose(ours, _fid_eigen(x, y), rtol=1e-6)
+  np.testing.assert_allclose(ours, _fid_pytorch(x, y), rtol=1e-6)
+  mu1, s1 = fid_lib.feature_stats(x)
+  mu2, s2 = fid_lib.feature_stats(y)
+  np.testing.assert_allclose(fid_lib.frechet_distance(mu1, s1, mu2, s2), ours, rtol=1e-6)
 
 
 def test_fid_of_gaussians_has_closed_form():

@@ -74,3 +74,14 @@ def test_netcdf_flags_and_gap():
   assert goes.flux_at(series, 50.0, 60.0)[0] == pytest.approx(2e-6)
   with pytest.raises(goes.GoesGapError):
     goes.flux_at(series, 500.0, 60.0)
+
+
+def test_native_scale_of_goes16_and_later_files_is_the_true_flux():
+  # GOES-16+ XRS data never carried NOAA's 0.7 factor, whatever their processing level.
+  assert goes.native_scale({}, "OR_XRSF-L1b_G16_s20172511200000_e20172511200009.nc") == "science"
+  assert goes.native_scale({}, "some_xrs_file.nc", "GOES-18") == "science"
+  assert goes.native_scale({"platform": "g17"}, "xrs_20201016.nc") == "science"
+  # GOES <= 15 operational data are 0.7-scaled; their reprocessed L2 science files are not.
+  assert goes.native_scale({}, "g15_xrs_2s_20110607_20110607.nc") == "noaa_0.7"
+  assert goes.native_scale({}, "go1520110607.fits", "GOES-15") == "noaa_0.7"
+  assert goes.native_scale({}, "sci_gxrs-l2-irrad_g15_d20131028.nc", "GOES-15") == "science"

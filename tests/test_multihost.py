@@ -56,6 +56,15 @@ def test_hosts_without_a_shared_data_dir_build_the_same_data_and_gather_features
     np.testing.assert_allclose(o["features"], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_host_that_finds_the_shared_dataset_built_still_joins_the_build_barriers(tmp_path):
+  prefix = str(tmp_path / "out_")
+  _run_two("tests._helpers.multihost_data", tmp_path / "data", prefix, "shared_late")
+  assert os.listdir(tmp_path / "data") == ["shared"]
+  out = [np.load(f"{prefix}{i}.npz") for i in range(2)]
+  np.testing.assert_array_equal(out[0]["image"], out[1]["image"])
+  np.testing.assert_allclose(out[0]["features"], out[1]["features"])
+
+
 def test_two_processes_train_together_and_agree(tmp_path):
   workdir, prefix = tmp_path / "run", str(tmp_path / "params_")
   _run_two("tests._helpers.multihost_train", workdir, prefix)

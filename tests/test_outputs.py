@@ -75,3 +75,18 @@ def test_to_dn_per_s_inverts_the_data_preprocessing():
     expected = np.minimum(preprocess.downsample(frame, 16, downsample),
                           config.data.dn_ceiling[0] * area)
     np.testing.assert_allclose(back, expected, rtol=1e-4)
+
+
+def test_to_dn_per_s_follows_the_frame_size_of_a_manual_dataset():
+  from tfds_aia import preprocess
+  config = aia171.get_config("paper")  # Manual source, 64 px.
+  frame = np.full((1024, 1024), 100.0)  # 100 DN/s per pixel of a 1024 px frame.
+  config.data.frame_px = 1024
+  x = preprocess.preprocess_channel(frame, 1.0, resolution=64, dn_ceiling=config.data.dn_ceiling[0])
+  back = outputs.to_dn_per_s(x[None, ..., None], config.data)
+  np.testing.assert_allclose(back, 100.0 * 16 * 16, rtol=1e-4)  # The sum of a 16 x 16 block.
+  config.data.frame_px = 4096  # The default is AIA's full frame: 64 x 64 blocks.
+  x = preprocess.preprocess_channel(np.full((4096, 4096), 0.5), 1.0, resolution=64,
+                                    dn_ceiling=config.data.dn_ceiling[0])
+  np.testing.assert_allclose(outputs.to_dn_per_s(x[None, ..., None], config.data),
+                             0.5 * 64 * 64, rtol=1e-4)

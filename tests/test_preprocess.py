@@ -39,8 +39,16 @@ def test_block_sum_and_effective_ceiling():
   assert preprocess.effective_ceiling(3000.0, 4096, 64, "resize") == 3000.0
   with pytest.raises(ValueError, match="not divisible"):
     preprocess.downsample(image, 5, "sum")
-  # Non-integer resize keeps the mean (area weights sum to one).
+  # Non-integer resize keeps the mean (area weights sum to one) and is the exact area average:
+  # the block mean of the image repeated R x R times (each block then covers H/R input pixels).
   assert preprocess.area_resize(image, 5).mean() == pytest.approx(image.mean())
+  wide = rng.uniform(0, 10, (12, 1100))
+  for r in (5, 7, 16):
+    fine = np.kron(wide, np.ones((r, r)))
+    exact = fine.reshape(r, 12, r, 1100).mean(axis=(1, 3))
+    np.testing.assert_allclose(preprocess.area_resize(wide, r), exact, rtol=1e-12)
+    np.testing.assert_allclose(preprocess.area_resize(wide.astype(np.float32), r), exact,
+                               rtol=1e-6)
 
 
 def test_preprocess_channel_and_degradation(tmp_path):

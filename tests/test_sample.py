@@ -88,8 +88,20 @@ def test_a_guidance_sweep_builds_one_sampler(trained, monkeypatch):
   np.testing.assert_allclose(sample.generate(config, workdir, labels, seed=1, guidance_scale=1.0),
                              sweep[1.0], atol=1e-6)
   assert len(built) == 2
-  sample.generate(config, workdir, labels, seed=1, num_steps=3)
+  three = sample.generate(config, workdir, labels, seed=1, num_steps=3)
   assert len(built) == 3
+  # Alternating between two settings reuses both programs while they fit in the cache ...
+  np.testing.assert_allclose(sample.generate(config, workdir, labels, seed=1, guidance_scale=1.0),
+                             sweep[1.0], atol=1e-6)
+  np.testing.assert_allclose(sample.generate(config, workdir, labels, seed=1, num_steps=3), three,
+                             atol=1e-6)
+  assert len(built) == 3
+  # ... and rebuilds the least recently used one once it has been evicted.
+  monkeypatch.setattr(sample, "_SAMPLE_FN_CACHE_SIZE", 1)
+  sample.generate(config, workdir, labels, seed=1, num_steps=2)
+  assert len(sample._SAMPLE_FN_CACHE) == 1
+  sample.generate(config, workdir, labels, seed=1, num_steps=3)
+  assert len(built) == 5
 
 
 def test_sample_images_pads_to_whole_sharded_batches():

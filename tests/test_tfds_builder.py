@@ -20,8 +20,9 @@ GO15 = os.path.join(TEST_DIR, "go1520110607.fits")
 IMAGE_TIME = "2011-06-07T06:41:25.000"  # Near the peak of the M2.5 flare.
 
 
-def _data_config(resolution=16):
+def _data_config(resolution=16, frame_px=128):  # sunpy's AIA test file is 128 x 128.
   config = aia171.get_config("test").data
+  config.source, config.frame_px = "manual", frame_px
   config.resolution = resolution
   config.train_end, config.val_end, config.split_gap_hours = "2011-06-07T12:00", "2011-06-08", 1.0
   config.goes_tolerance_s = 10.0
@@ -101,10 +102,14 @@ def test_bad_input_goes_to_skip_manifest(tmp_path):
   _shifted_copy(manual / "wrong_wavelength.fits", "2011-06-07T08:00:00.000", WAVELNTH=193)
   _shifted_copy(manual / "no_exptime.fits", "2011-06-07T09:00:00.000", EXPTIME=None)
   _shifted_copy(manual / "goes_gap.fits", "2011-06-09T10:00:00.000")  # After the GOES file.
+  _, header = _shifted_copy(manual / "binned.fits", "2011-06-07T10:00:00.000")
+  fits.writeto(manual / "binned.fits", data.reshape(64, 2, 64, 2).mean(axis=(1, 3)), header,
+               overwrite=True)  # A 2x2-binned frame: another clip ceiling, so not in this set.
   b = _build(_data_config(), manual, tmp_path / "tfds")
   reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
   assert set(reasons) == {"truncated.fits", "nans.fits", "wrong_wavelength.fits",
-                          "no_exptime.fits", "goes_gap.fits"}
+                          "no_exptime.fits", "goes_gap.fits", "binned.fits"}
+  assert "64x64" in reasons["binned.fits"] and "data.frame_px=128" in reasons["binned.fits"]
   assert "truncated" in reasons["truncated.fits"] or "unreadable" in reasons["truncated.fits"]
   assert "NaN" in reasons["nans.fits"]
   assert "193" in reasons["wrong_wavelength.fits"]
@@ -126,7 +131,7 @@ def test_synthetic_archive_headers_and_keys(tmp_path):
   m = sunpy.map.Map(str(path))
   assert type(m).__name__ == "AIAMap" and int(m.wavelength.value) == 171
   assert m.scale.axis1.value == pytest.approx(0.6 * 4096 / 64)
-  config = _data_config(16)
+  config = _data_config(16, frame_px=64)
   config.train_end, config.val_end = "2013-01-01", "2014-01-01"
   b1 = _build(config, tmp_path / "a", tmp_path / "t1")
   shutil.copytree(tmp_path / "a", tmp_path / "moved" / "elsewhere")
@@ -148,7 +153,7 @@ def test_process_pool_build_equals_single_process(tmp_path, monkeypatch):
 
   monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountingPool)
   synthetic.write_archive(str(tmp_path / "a"), num_images=12, image_size=64, seed=5)
-  config = _data_config(16)
+  config = _data_config(16, frame_px=64)
   config.train_end, config.val_end = "2016-01-01", "2017-01-01"
   examples = []
   for workers in (1, 2):
@@ -173,7 +178,7 @@ def test_multichannel_hek_selection_and_array_record(tmp_path):
   events = tmp_path / "events.json"  # One HEK flare peak, at the second frame.
   events.write_text(json.dumps([{"event_starttime": peak, "event_peaktime": peak,
                                  "event_endtime": peak, "fl_goescls": "M1.0"}]))
-  config = _data_config(8)
+  config = _data_config(8, frame_px=32)
   config.channels, config.dn_ceiling = (171, 193), (3000.0, 6000.0)
   config.train_end, config.val_end = "2016-01-01", "2017-01-01"
   config.hek_events, config.file_format = str(events), "array_record"
@@ -238,7 +243,7 @@ def test_one_process_pool_and_beam_build_the_same(tmp_path):
       return super().run_pipeline(pipeline, options)
 
   _archive_with_bad_files(tmp_path / "a", num_images=14)
-  config = _data_config(16)
+  config = _data_config(16, frame_px=32)
   config.train_end, config.val_end, config.max_in_flight = "2013-06-01", "2014-06-01", 3
   ways = {"one process": (1, {}), "pool": (2, {}), "beam": (1, {"beam_runner": Runner()})}
   built = {}
@@ -270,7 +275,7 @@ def test_incremental_build_decodes_only_new_files(tmp_path, monkeypatch):
   os.makedirs(tmp_path / "later")
   for p in new:
     shutil.move(p, tmp_path / "later" / p.name)
-  config = _data_config(16)
+  config = _data_config(16, frame_px=32)
   config.train_end, config.val_end, config.num_workers = "2013-06-01", "2014-06-01", 1
   b = aia_builder.build(aia_builder.make_builder(config, data_dir=str(tmp_path / "t")),
                         str(tmp_path / "a"))

@@ -25,3 +25,16 @@ def test_saved_events_select_near_peaks(tmp_path):
   t = np.array([peak - 31 * 60, peak - 29 * 60, peak + 10, to_unix_s("2011-06-07T10:10:00")])
   np.testing.assert_array_equal(hek.near_flare_peak(t, events, 30, "M"), [0, 1, 1, 0])
   np.testing.assert_array_equal(hek.near_flare_peak(t, events, 30, "C"), [0, 1, 1, 1])
+
+
+def test_event_classes_are_compared_on_the_labels_flux_scale():
+  from tfds_aia import goes
+  peaks = ["2011-06-07T06:00:00", "2011-06-07T08:00:00", "2011-06-07T10:00:00"]
+  events = [{"fl_goescls": c, "peak_unix_s": to_unix_s(p)}
+            for c, p in zip(("C6.9", "C7.1", "C8.5"), peaks, strict=True)]
+  t = np.array([to_unix_s(p) for p in peaks])
+  np.testing.assert_array_equal(hek.near_flare_peak(t, events, 30, "M"), [0, 0, 0])
+  factor = goes.policy_factor("noaa_0.7", "science")  # HEK's NOAA classes, science labels.
+  np.testing.assert_array_equal(hek.near_flare_peak(t, events, 30, "M", factor), [0, 1, 1])
+  same = goes.policy_factor("noaa_0.7", "noaa_0.7")  # Both on NOAA's scale: as listed.
+  np.testing.assert_array_equal(hek.near_flare_peak(t, events, 30, "M", same), [0, 0, 0])

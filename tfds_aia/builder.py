@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, splits
+from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, preprocess, splits
 from tfds_aia.cache import settings_fingerprint
 
 SKIP_MANIFEST = "skipped.json"
@@ -55,7 +55,9 @@ DEFAULT_SETTINGS = dict(
     degradation_table="", goes_scaling="science", goes_tolerance_s=60.0,
     forecast_window_hours=24.0, train_end="2014-01-01", val_end="2015-01-01",
     split_gap_hours=12.0, hek_events="", hek_window_minutes=30.0, hek_min_class="M",
-    max_nan_fraction=0.0, allowed_quality=0, channel_match_s=60.0, file_format="tfrecord")
+    hek_scaling="noaa_0.7",
+    max_nan_fraction=0.0, allowed_quality=0, channel_match_s=60.0, file_format="tfrecord",
+    frame_px=preprocess.AIA_FULL_FRAME_PX)
 # Settings that change how, not what, is built (left out of the fingerprint).
 RUNTIME_SETTINGS = dict(num_workers=0, max_in_flight=4, cache_dir="", beam_pipeline_options="")
 
@@ -85,6 +87,8 @@ def settings_from_config(data_config) -> dict:
   for key, default in DEFAULT_SETTINGS.items():
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
+  if hasattr(data_config, "get"):
+    out["frame_px"] = preprocess.frame_px(data_config)
   return out
 
 
@@ -110,8 +114,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """SDO/AIA images labelled with the GOES 1-8 A flare class at the image time."""
 
   name = "aia_flares"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Frames of another size than data.frame_px are skipped, so that "
+                            "every image has the same clip ceiling and DN/s inverse."}
   BUILDER_CONFIGS = [_config(r, (171,)) for r in (16, 32, 64, 128, 256, 512)] + [
       _config(64, (171, 193, 211, 304))]
   DEFAULT_CONFIG_NAME = "res64_171"
@@ -165,6 +171,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           raise fits_io.BadFileError(*error)
         fits_io.check(header, channels=cfg.channels, resolution=cfg.resolution,
                       downsample=self.settings["downsample"],
+                      frame_px=int(self.settings["frame_px"]),
                       allowed_quality=int(self.settings["allowed_quality"]))
       except fits_io.BadFileError as e:
         self._skip(e.path, e.reason)
@@ -214,6 +221,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._skip(path, f"unreadable GOES XRS file ({e.__class__.__name__}: {e})")
     xrs = goes.merge(flux_parts)
     events = hek.load_events(s["hek_events"]) if s["hek_events"] else None
+    if s["hek_scaling"] not in goes.POLICIES:
+      raise ValueError(f"Unknown data.hek_scaling {s['hek_scaling']!r}; choose one of "
+                       f"{goes.POLICIES}.")
+    hek_factor = goes.policy_factor(s["hek_scaling"], s["goes_scaling"])
     items = []
     for time_unix_s, members in self._group_channels(self._frames(aia_paths)):
       try:
@@ -224,7 +235,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         continue
       if events is not None and label.flare_class >= goes.class_index(s["hek_min_class"]):
         if not hek.near_flare_peak(time_unix_s, events, s["hek_window_minutes"],
-                                   s["hek_min_class"])[0]:
+                                   s["hek_min_class"], hek_factor)[0]:
           self._skip(members[0].path, f"{FLARE_CLASSES[label.flare_class]}-class flux but no HEK "
                      f"flare peak within {s['hek_window_minutes']:g} min")
           continue

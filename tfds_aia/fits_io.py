@@ -11,6 +11,7 @@ import datetime as dt
 import gzip
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -50,11 +51,29 @@ def _image_hdu(hdul):
   return None
 
 
+_TIME = re.compile(r"(\d{4})[-.](\d{2})[-.](\d{2})[T_ ](\d{2}):(\d{2}):(\d{2}(?:\.\d*)?)"
+                   r"(Z|_UTC|_TAI)?")
+
+
 def parse_time(value) -> float:
-  """FITS time string (DATE-OBS / T_OBS, UTC, optional trailing Z) -> Unix seconds."""
-  text = str(value).strip().replace("Z", "").replace("_TAI", "")
-  t = dt.datetime.fromisoformat(text)
-  return t.replace(tzinfo=dt.UTC).timestamp() if t.tzinfo is None else t.timestamp()
+  """FITS time string -> Unix seconds: DATE-OBS / T_OBS in UTC (optional trailing Z), JSOC's
+  "2011.06.07_06:41:25.34_TAI" (TAI, converted to UTC) or any ISO 8601 time with an offset.
+
+  A leap second (23:59:60.x) is POSIX time's repeated second: the same Unix time as 00:00:00.x.
+  """
+  text = str(value).strip()
+  m = _TIME.fullmatch(text)
+  if m is None:
+    t = dt.datetime.fromisoformat(text)
+    return t.replace(tzinfo=dt.UTC).timestamp() if t.tzinfo is None else t.timestamp()
+  year, month, day, hour, minute = (int(g) for g in m.groups()[:5])
+  seconds = float(m.group(6))
+  if not seconds < 61:
+    raise ValueError(f"seconds {m.group(6)} out of range in {text!r}")
+  if m.group(7) == "_TAI":
+    import erfa
+    seconds -= erfa.dat(year, month, day, (hour + minute / 60) / 24)  # TAI - UTC then.
+  return dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() + seconds
 
 
 def _header_fields(path: str, header, shape) -> AiaHeader:
@@ -87,7 +106,7 @@ def _header_fields(path: str, header, shape) -> AiaHeader:
 
 
 def check(header: AiaHeader, *, channels, resolution: int, downsample: str = "sum",
-          allowed_quality: int = 0) -> None:
+          allowed_quality: int = 0, frame_px: int = 0) -> None:
   """Raises BadFileError when the frame is not usable for these settings."""
   if header.wavelength not in tuple(int(c) for c in channels):
     raise BadFileError(header.path, f"wavelength {header.wavelength} A is not one of the "
@@ -97,6 +116,10 @@ def check(header: AiaHeader, *, channels, resolution: int, downsample: str = "su
   h, w = header.shape
   if h != w:
     raise BadFileError(header.path, f"image is {h}x{w}, not square")
+  if frame_px and h != frame_px:
+    raise BadFileError(header.path, f"image is {h}x{w} px, not data.frame_px={frame_px} (one "
+                       "dataset holds one frame size; build frames of this size with "
+                       f"--config.data.frame_px={h})")
   if h < resolution:
     raise BadFileError(header.path, f"image {h}x{w} is smaller than the resolution {resolution}")
   if downsample == "sum" and h % resolution:

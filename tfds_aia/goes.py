@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 
@@ -66,9 +67,18 @@ class GoesFlux:
     return len(self.time_unix_s)
 
 
-def native_scale(meta: dict, filename: str) -> str:
-  """"science" for reprocessed L2 science data and GOES-16+, "noaa_0.7" for old operational data."""
+def native_scale(meta: dict, filename: str, satellite: str = "") -> str:
+  """"science" for reprocessed L2 science data and GOES-16+, "noaa_0.7" for old operational data.
+
+  GOES-16 and later never carried the 0.7 factor, operational files (OR_XRSF-L1b_G16_...)
+  included, so the satellite number decides first where the file names one.
+  """
   name = os.path.basename(filename).lower()
+  number = re.search(r"(\d+)\s*$", str(satellite or meta.get("platform", "") or ""))
+  if number is None:
+    number = re.search(r"_g(\d{2})_", "_" + name.replace("-", "_"))
+  if number is not None and int(number.group(1)) >= 16:
+    return "science"
   level = str(meta.get("processing_level", "") or "").lower()
   if name.startswith("sci_") or "level 2" in level or "l2" in name.split("_")[0]:
     return "science"
@@ -102,7 +112,7 @@ def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
   times = frame.index.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
   meta = dict(series.meta.metas[0]) if series.meta.metas else {}
   satellite = series.observatory or "GOES"
-  factor = policy_factor(native_scale(meta, path), policy)
+  factor = policy_factor(native_scale(meta, path, satellite), policy)
   order = np.argsort(times[good], kind="stable")
   return GoesFlux(time_unix_s=times[good][order], flux_w_m2=flux[good][order] * factor,
                   satellite=np.full(int(good.sum()), satellite), policy=policy)

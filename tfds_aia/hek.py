@@ -40,12 +40,18 @@ def load_events(path: str) -> list[dict]:
 
 
 def near_flare_peak(time_unix_s, events: list[dict], window_minutes: float,
-                    min_class: str = "M") -> np.ndarray:
-  """[N] bool: within `window_minutes` of the peak of an event of class >= `min_class`."""
+                    min_class: str = "M", flux_factor: float = 1.0) -> np.ndarray:
+  """[N] bool: within `window_minutes` of the peak of an event of class >= `min_class`.
+
+  `flux_factor` takes the events' peak fluxes to the scale of `min_class`:
+  goes.policy_factor(data.hek_scaling, data.goes_scaling). The event lists of the GOES <= 15 years
+  give classes on NOAA's 0.7-scaled fluxes, so on the "science" scale a listed C7.1 peak is an M
+  flare (7.1e-6 / 0.7 >= 1e-5), as the labels computed from the same GOES data say.
+  """
   t = np.atleast_1d(np.asarray(time_unix_s, np.float64))
-  minimum = goes.class_index(min_class)
+  threshold = goes.CLASS_BASES_W_M2[goes.class_index(min_class)] * (1 - 1e-9)
   peaks = np.array(sorted(e["peak_unix_s"] for e in events
-                          if goes.class_index(e["fl_goescls"]) >= minimum))
+                          if goes.class_to_flux(e["fl_goescls"]) * flux_factor >= threshold))
   if not len(peaks):
     return np.zeros(t.shape, bool)
   i = np.clip(np.searchsorted(peaks, t), 1, len(peaks)) - 1

@@ -25,6 +25,21 @@ import numpy as np
 
 STRETCHES = ("log", "asinh")
 DOWNSAMPLE_METHODS = ("sum", "resize")
+AIA_FULL_FRAME_PX = 4096  # Pixels across an AIA level-1 full-disc frame.
+
+
+def frame_px(data_config) -> int:
+  """Pixels across the input frames of a config.data group: the written size for a synthetic
+  archive, else data.frame_px (4096 by default). The builder skips frames of another size, so
+  the clip ceiling of step 4, and with it the inverse to DN/s, is the same for every image."""
+  get = data_config.get if hasattr(data_config, "get") else (lambda k, d=None: d)
+  if get("source", "manual") == "synthetic":
+    return int(data_config.synthetic.image_size)
+  size = int(get("frame_px", AIA_FULL_FRAME_PX))
+  if size < 1:
+    raise ValueError(f"data.frame_px={size}: give the pixels across the input frames (4096 for "
+                     "AIA level-1 full-disc images).")
+  return size
 
 
 def _per_channel(value, x) -> np.ndarray:
@@ -98,7 +113,13 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
 def area_resize(image: np.ndarray, resolution: int) -> np.ndarray:
   """Area-averaging resize of an [H, W] image to [R, R] (exact mean of the covered area)."""
   h, w = image.shape
-  return _area_matrix(h, resolution) @ np.asarray(image, np.float64) @ _area_matrix(w, resolution).T
+  if h % resolution == 0 and w % resolution == 0:  # Whole blocks: the block mean.
+    return block_sum(image, resolution) / float((h // resolution) * (w // resolution))
+  rows = np.empty((resolution, w), np.float64)
+  a_h = _area_matrix(h, resolution)
+  for c in range(0, w, 512):  # The tall axis first, in float64, 512 columns at a time.
+    rows[:, c:c + 512] = a_h @ np.asarray(image[:, c:c + 512], np.float64)
+  return rows @ _area_matrix(w, resolution).T
 
 
 def downsample(image: np.ndarray, resolution: int, method: str = "sum") -> np.ndarray:

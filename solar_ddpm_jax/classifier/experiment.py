@@ -70,11 +70,33 @@ def _arm_data(arm: str, config, train_images, train_labels, synthetic):
       kwargs["class_weights"] = train_lib.class_weights_for(train_labels, num_classes)
     return train_images, train_labels, kwargs
   if arm == "synthetic":
-    images, flare_labels = synthetic
-    labels = train_lib.labels_of({"flare_class": flare_labels, "forecast_class": flare_labels},
-                                 cc.label)
+    images, generated = synthetic
+    labels = synthetic_targets(generated, config.data.get("label", "flare_class"), cc.label)
     return (np.concatenate([train_images, images]), np.concatenate([train_labels, labels]), {})
   raise ValueError(f"Unknown arm {arm!r}; choose from {ARMS}.")
+
+
+def synthetic_targets(generated, data_label: str, classifier_label: str) -> np.ndarray:
+  """Classifier targets of generated images, from the classes they were generated for.
+
+  The diffusion model's classes mean config.data.label. They give the classifier's target where
+  the one determines the other: the same label; forecast_binary from forecast_class; and
+  forecast_binary from flare classes M and X (the forecast window starts at the image, so its
+  peak is at least the image-time class). Any other pair raises ValueError.
+  """
+  generated = np.asarray(generated, np.int32)
+  if classifier_label == data_label:
+    return generated
+  if classifier_label == "forecast_binary":
+    if data_label == "forecast_class" or (data_label == "flare_class" and np.all(generated >= 3)):
+      return (generated >= 3).astype(np.int32)
+    raise ValueError(
+        "The synthetic arm cannot label images generated for flare classes below M with "
+        "classifier.label='forecast_binary' (the image-time class does not tell the peak of the "
+        "next hours): set classifier.synthetic_classes to M and X only.")
+  raise ValueError(
+      f"The diffusion model is conditioned on data.label={data_label!r}; its images cannot be "
+      f"labelled for classifier.label={classifier_label!r}. Use the same label for both.")
 
 
 def _save_judge(config, workdir: str, params, images, history) -> str:

@@ -52,14 +52,18 @@ class FlareResNet(nn.Module):
     return nn.Dense(self.num_classes, name="head")(features)
 
 
+LABELS = ("flare_class", "forecast_class", "forecast_binary")
+
+
 def class_names(label: str) -> tuple[str, ...]:
-  """Class names of a classifier label: "flare_class" (A..X) or "forecast_binary" (<M, >=M)."""
+  """Class names of a classifier label: "flare_class" (A..X at the image time), "forecast_class"
+  (A..X of the peak in the forecast window) or "forecast_binary" (<M, >=M of that peak)."""
   from solar_ddpm_jax import FLARE_CLASSES
-  if label == "flare_class":
+  if label in ("flare_class", "forecast_class"):
     return tuple(FLARE_CLASSES)
   if label == "forecast_binary":
     return ("<M", ">=M")
-  raise ValueError(f"Unknown classifier label {label!r}: 'flare_class' or 'forecast_binary'.")
+  raise ValueError(f"Unknown classifier label {label!r}: one of {LABELS}.")
 
 
 def create_model(classifier_config) -> FlareResNet:

@@ -28,12 +28,12 @@ CREATE_COMMAND = ("python -m solar_ddpm_jax.main --config=configs/aia171.py:demo
 
 
 def labels_of(arrays: dict, label: str) -> np.ndarray:
-  """Integer targets [N] of a split: flare class index, or forecast class >= M (0/1)."""
-  if label == "flare_class":
-    return np.asarray(arrays["flare_class"], np.int32)
+  """Integer targets [N] of a split: flare or forecast class index, or forecast class >= M (0/1)."""
+  if label in ("flare_class", "forecast_class"):
+    return np.asarray(arrays[label], np.int32)
   if label == "forecast_binary":
     return (np.asarray(arrays["forecast_class"]) >= 3).astype(np.int32)
-  raise ValueError(f"Unknown classifier label {label!r}: 'flare_class' or 'forecast_binary'.")
+  raise ValueError(f"Unknown classifier label {label!r}: one of {model_lib.LABELS}.")
 
 
 def make_apply_fn(model):

@@ -116,17 +116,15 @@ def check_classifier_matches(meta: dict, config, image_shape) -> None:
   """Raises ValueError unless the classifier predicts what the diffusion model is conditioned on.
 
   Conditioning accuracy compares the classifier's class with the requested label, so both must
-  mean the same thing: a five-class "flare_class" classifier, trained on data labelled like the
-  model's (config.data.label), on images of the same shape.
+  mean the same thing: a five-class classifier of the label the model is conditioned on
+  (config.data.label: "flare_class" or "forecast_class"), on images of the same shape.
   """
   label, names = meta.get("label"), list(meta.get("class_names", []))
-  if label != "flare_class" or names != list(FLARE_CLASSES):
-    raise ValueError(f"the classifier predicts {label!r} ({names}), not the flare classes "
-                     f"{list(FLARE_CLASSES)} the model is conditioned on")
-  data_label = (meta.get("data") or {}).get("label", "flare_class")
-  if data_label != config.data.label:
-    raise ValueError(f"the classifier was trained on data.label={data_label!r} but the model is "
-                     f"conditioned on data.label={config.data.label!r}")
+  wanted = config.data.get("label", "flare_class")
+  if label != wanted or names != list(FLARE_CLASSES):
+    raise ValueError(f"the classifier predicts {label!r} ({names}), not the {wanted!r} classes "
+                     f"{list(FLARE_CLASSES)} the model is conditioned on (data.label); train it "
+                     f"with --config.classifier.label={wanted}")
   shape = meta.get("input_shape")
   if shape is not None and list(shape) != list(image_shape):
     raise ValueError(f"the classifier takes images {list(shape)}, the samples are "

@@ -1,21 +1,24 @@
 """One process of a two-process CPU job whose hosts do not share a data folder.
 
-    python -m tests._helpers.multihost_data PROCESS_ID PORT BASE_DIR OUT_PREFIX
+    python -m tests._helpers.multihost_data PROCESS_ID PORT BASE_DIR OUT_PREFIX [LAYOUT]
 
-Each process gets its own data.data_dir (as on TPU VMs, where ~/tensorflow_datasets is local),
-builds or finds the synthetic dataset, and extracts features of the same images over the global
-mesh.
+LAYOUT "own" (default): each process gets its own data.data_dir (as on TPU VMs, where
+~/tensorflow_datasets is local), builds or finds the synthetic dataset, and extracts features of the
+same images over the global mesh. LAYOUT "shared_late": one data.data_dir for both, and process 1
+reaches the data only after process 0 has built it (hosts that start at different times).
 """
 
+import glob
 import os
 import sys
+import time
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def main(process_id, port, base_dir, out_prefix):
+def main(process_id, port, base_dir, out_prefix, layout="own"):
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   import numpy as np
@@ -29,8 +32,13 @@ def main(process_id, port, base_dir, out_prefix):
   config.mesh.coordinator_address = f"127.0.0.1:{port}"
   config.mesh.num_processes = 2
   config.mesh.process_id = int(process_id)
-  config.data.data_dir = os.path.join(base_dir, f"host{process_id}")
+  folder = f"host{process_id}" if layout == "own" else "shared"
+  config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
+  if layout == "shared_late" and int(process_id) == 1:
+    while not glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
+                        recursive=True):
+      time.sleep(0.2)
   arrays = input_pipeline.load_split_arrays(config, "train")
   images = arrays["image"][:13]
   w = np.linspace(-1.0, 1.0, images[0].size * 3, dtype=np.float32).reshape(-1, 3)
