@@ -107,3 +107,12 @@ def test_experiment_on_synthetic_archive(tmp_path):
   assert os.path.isfile(tmp_path / "augment_experiment" / "results.md")
   assert results["arms"]["synthetic"]["runs"][0]["num_train_images"] == (
       results["splits"]["train"]["num_images"] + 8)
+
+
+def test_unlabellable_synthetic_arm_fails_before_any_work(tmp_path, fake_data):
+  _, calls = fake_data
+  config = aia171.get_config("test")
+  config.data.label = "forecast_class"  # The model draws forecast classes; the judge flare classes.
+  with pytest.raises(ValueError, match="Use the same label"):
+    experiment.augment_experiment(config, str(tmp_path))
+  assert calls == [] and not (tmp_path / "augment_experiment" / "logs_real_0").exists()

@@ -61,6 +61,15 @@ def test_fid_of_gaussians_has_closed_form():
   np.testing.assert_allclose(value, d * 1.0 + d * (2 - 1) ** 2, rtol=1e-12)
 
 
+def test_fid_of_one_dimensional_features_and_too_few_images():
+  x, y = np.arange(5.0), 1.5 * np.arange(6.0) + 0.2
+  s1, s2 = np.var(x, ddof=1), np.var(y, ddof=1)
+  expected = (x.mean() - y.mean()) ** 2 + s1 + s2 - 2 * np.sqrt(s1 * s2)  # (sd1 - sd2)^2 + ...
+  np.testing.assert_allclose(fid_lib.fid(x, y), expected, rtol=1e-12)
+  with pytest.raises(ValueError, match="at least 2 images"):
+    fid_lib.fid(x[:1], y)
+
+
 def test_fid_singular_covariance_is_finite_and_zero_for_same_set():
   x = _features(0, n=10, d=32)  # Fewer samples than dimensions: singular covariances.
   scale = np.trace(np.cov(x, rowvar=False))

@@ -25,12 +25,39 @@ def test_a_leap_second_is_posix_times_repeated_second():
       _unix(2012, 7, 1, 0, 0, 0, 340000), abs=1e-6)
   assert fits_io.parse_time("2012-06-30T23:59:59.34Z") == pytest.approx(
       _unix(2012, 6, 30, 23, 59, 59, 340000), abs=1e-6)
-  with pytest.raises(ValueError, match="out of range"):
-    fits_io.parse_time("2012-06-30T23:59:61.0Z")
+  for text in ("2012-06-30T23:59:61.0Z", "2011-06-07T12:30:60Z"):  # Only 23:59 has a 60th second.
+    with pytest.raises(ValueError, match="out of range"):
+      fits_io.parse_time(text)
 
 
 def test_jsoc_tai_times_are_converted_to_utc():
-  for text, iso in (("2011.06.07_06:41:25.34_TAI", "2011-06-07T06:41:25.34"),
-                    ("2017.03.01_00:00:37.00_TAI", "2017-03-01T00:00:37.00")):
-    utc = Time(iso, scale="tai").utc.to_datetime(timezone=dt.UTC)  # astropy's leap-second table.
-    assert fits_io.parse_time(text) == pytest.approx(utc.timestamp(), abs=1e-6), text
+  # Around the leap second that ended 2016 too: TAI - UTC went from 36 to 37 s.
+  for text in ("2011.06.07_06:41:25.34_TAI", "2017.03.01_00:00:37.00_TAI",
+               "2016.12.31_23:59:59.00_TAI", "2017.01.01_00:00:00.00_TAI",
+               "2017.01.01_00:00:36.50_TAI", "2017.01.01_00:00:37.00_TAI"):
+    iso = text[:-4].replace(".", "-", 2).replace("_", "T")
+    utc = Time(iso, scale="tai").utc.isot  # astropy's leap-second table.
+    assert fits_io.parse_time(text) == pytest.approx(fits_io.parse_time(utc + "Z"), abs=1e-6), text
+
+
+def test_cached_header_fields_of_an_older_reader_are_read_again(tmp_path):
+  import json
+
+  import numpy as np
+  from astropy.io import fits
+
+  from tfds_aia import frames
+  path = tmp_path / "aia.fits"
+  header = fits.Header({"WAVELNTH": 171, "EXPTIME": 2.0, "T_OBS": "2012-06-30T23:59:60.34Z"})
+  fits.writeto(path, np.zeros((8, 8), np.float32), header)
+  cache_dir = str(tmp_path / "cache")
+  first, error = frames.read_header(str(path), cache_dir)
+  assert error is None and first.time_unix_s == pytest.approx(_unix(2012, 7, 1, 0, 0, 0, 340000))
+  (entry_file,) = (tmp_path / "cache").rglob("*.json")
+  entry = json.loads(entry_file.read_text())
+  entry["header"]["time_unix_s"] = 0.0  # What the cache says is used while the reader is the same,
+  entry_file.write_text(json.dumps(entry))
+  assert frames.read_header(str(path), cache_dir)[0].time_unix_s == 0.0
+  del entry["header_version"]  # and read again from the file when an older reader wrote it.
+  entry_file.write_text(json.dumps(entry))
+  assert frames.read_header(str(path), cache_dir)[0].time_unix_s == first.time_unix_s

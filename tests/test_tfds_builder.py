@@ -30,6 +30,16 @@ def _data_config(resolution=16, frame_px=128):  # sunpy's AIA test file is 128 x
   return config
 
 
+def test_frame_px_setting():
+  synthetic = {"source": "synthetic", "synthetic": {"image_size": 256}, "frame_px": 4096}
+  assert aia_builder.settings_from_config(synthetic)["frame_px"] == 256  # The archive's size.
+  assert aia_builder.settings_from_config(aia171.get_config("paper").data)["frame_px"] == 4096
+  assert aia_builder.settings_from_config({"frame_px": 1024})["frame_px"] == 1024
+  for bad in (0, None, 2.5):
+    with pytest.raises(ValueError, match=f"data.frame_px={bad}"):
+      aia_builder.settings_from_config({"frame_px": bad})
+
+
 def _shifted_copy(out_path, t_obs, **changes):
   with fits.open(AIA) as hdul:
     header, data = hdul[0].header.copy(), hdul[0].data.astype(np.float64)

@@ -86,9 +86,9 @@ def settings_from_config(data_config) -> dict:
   out = {}
   for key, default in DEFAULT_SETTINGS.items():
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
+    if key == "frame_px":  # Checked there, and a synthetic archive's own size.
+      value = preprocess.frame_px(data_config) if hasattr(data_config, "get") else default
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
-  if hasattr(data_config, "get"):
-    out["frame_px"] = preprocess.frame_px(data_config)
   return out
 
 

@@ -25,6 +25,8 @@ import tempfile
 import numpy as np
 
 CACHE_VERSION = 1  # Part of every plane key: bump when preprocessing changes its output bytes.
+# Of the header fields kept per file: bump when reading a header changes (2: leap seconds, TAI).
+HEADER_VERSION = 2
 DISABLED = "off"  # cache_dir value that turns the cache off.
 
 

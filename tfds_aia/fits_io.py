@@ -59,7 +59,7 @@ def parse_time(value) -> float:
   """FITS time string -> Unix seconds: DATE-OBS / T_OBS in UTC (optional trailing Z), JSOC's
   "2011.06.07_06:41:25.34_TAI" (TAI, converted to UTC) or any ISO 8601 time with an offset.
 
-  A leap second (23:59:60.x) is POSIX time's repeated second: the same Unix time as 00:00:00.x.
+  A leap second (23:59:60.x UTC) is POSIX time's repeated second: the same Unix time as 00:00:00.x.
   """
   text = str(value).strip()
   m = _TIME.fullmatch(text)
@@ -68,12 +68,15 @@ def parse_time(value) -> float:
     return t.replace(tzinfo=dt.UTC).timestamp() if t.tzinfo is None else t.timestamp()
   year, month, day, hour, minute = (int(g) for g in m.groups()[:5])
   seconds = float(m.group(6))
-  if not seconds < 61:
+  tai = m.group(7) == "_TAI"
+  if not (seconds < 60 or (seconds < 61 and (hour, minute) == (23, 59) and not tai)):
     raise ValueError(f"seconds {m.group(6)} out of range in {text!r}")
-  if m.group(7) == "_TAI":
-    import erfa
-    seconds -= erfa.dat(year, month, day, (hour + minute / 60) / 24)  # TAI - UTC then.
-  return dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() + seconds
+  unix = dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() + seconds
+  if tai:  # TAI - UTC of the UTC date (first guessed with the offset of the TAI date); a TAI
+    import erfa  # time within a leap second gets POSIX's repeated second, as above.
+    d = dt.datetime.fromtimestamp(unix - erfa.dat(year, month, day, 0.0), dt.UTC)
+    return unix - erfa.dat(d.year, d.month, d.day, 0.0)
+  return unix
 
 
 def _header_fields(path: str, header, shape) -> AiaHeader:

@@ -26,6 +26,8 @@ def read_header(path: str, cache_dir: str = ""
                 ) -> tuple[fits_io.AiaHeader | None, tuple[str, str] | None]:
   """(header, None) or (None, (path, reason)); from the cache when the file is unchanged."""
   entry = cache.load_file_entry(cache_dir, path)
+  if entry.get("header_version") != cache.HEADER_VERSION:  # Read by another header reader.
+    entry = {k: v for k, v in entry.items() if k not in ("header", "error")}
   if "header" not in entry and "error" not in entry:
     try:
       fields = dataclasses.asdict(fits_io.read_header(path))
@@ -33,6 +35,7 @@ def read_header(path: str, cache_dir: str = ""
       entry = {**entry, "header": fields}
     except fits_io.BadFileError as e:
       entry = {**entry, "error": e.reason}
+    entry["header_version"] = cache.HEADER_VERSION
     cache.store_file_entry(cache_dir, path, entry)
   if "error" in entry:
     return None, (str(path), entry["error"])

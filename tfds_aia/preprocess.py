@@ -34,9 +34,9 @@ def frame_px(data_config) -> int:
   the clip ceiling of step 4, and with it the inverse to DN/s, is the same for every image."""
   get = data_config.get if hasattr(data_config, "get") else (lambda k, d=None: d)
   if get("source", "manual") == "synthetic":
-    return int(data_config.synthetic.image_size)
-  size = int(get("frame_px", AIA_FULL_FRAME_PX))
-  if size < 1:
+    return int(get("synthetic")["image_size"])  # A ConfigDict or a dict.
+  size = get("frame_px", AIA_FULL_FRAME_PX)
+  if not isinstance(size, int | np.integer) or size < 1:
     raise ValueError(f"data.frame_px={size}: give the pixels across the input frames (4096 for "
                      "AIA level-1 full-disc images).")
   return size

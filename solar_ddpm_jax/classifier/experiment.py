@@ -127,6 +127,10 @@ def augment_experiment(config, workdir: str) -> dict:
   names = model_lib.class_names(cc.label)
   out_dir = os.path.join(workdir, OUT_DIR)
   os.makedirs(out_dir, exist_ok=True)
+  if "synthetic" in cc.arms:  # Before hours of training: can the generated images be labelled?
+    from solar_ddpm_jax import sample
+    synthetic_targets(sample.parse_classes(cc.synthetic_classes),
+                      config.data.get("label", "flare_class"), cc.label)
   splits = load_splits(config)
   ys = {s: train_lib.labels_of(a, cc.label) for s, a in splits.items()}
   synthetic = generate_synthetic(config, workdir) if "synthetic" in cc.arms else None

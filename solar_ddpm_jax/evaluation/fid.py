@@ -48,8 +48,11 @@ def fid(real_features, fake_features) -> float:
   features X [n, d], so Tr sqrt(S1 S2) is the sum of the singular values of the [n1, n2] matrix
   X1 X2^T over sqrt((n1-1)(n2-1)). Both ways give the same number; the cheaper one is used.
   """
-  x1, x2 = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+  x1, x2 = (np.asarray(f, np.float64) for f in (real_features, fake_features))
+  x1, x2 = (x.reshape(len(x), -1) for x in (x1, x2))  # [n] features: one dimension.
   (n1, d), n2 = x1.shape, len(x2)
+  if min(n1, n2) < 2:
+    raise ValueError(f"FID needs at least 2 images per set (covariances), got {n1} and {n2}.")
   small, large = sorted((n1, n2))
   # Flops of each way, an eigen-solve or SVD of an m x m matrix counted as 20 m^3.
   if n1 * n2 * d + 20 * small * small * large >= (n1 + n2) * d * d + 40 * d ** 3:

@@ -35,9 +35,9 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
   folder = f"host{process_id}" if layout == "own" else "shared"
   config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
-  if layout == "shared_late" and int(process_id) == 1:
-    while not glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
-                        recursive=True):
+  if layout == "shared_late" and int(process_id) == 1:  # Until TFDS has moved the finished build
+    while not [p for p in glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
+                                    recursive=True) if "incomplete" not in p]:  # into place.
       time.sleep(0.2)
   arrays = input_pipeline.load_split_arrays(config, "train")
   images = arrays["image"][:13]
