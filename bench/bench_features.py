@@ -1,6 +1,7 @@
 """Feature-extraction throughput (images/s) of the Flax extractors, with ratios in the same run.
 
-  python bench/bench_features.py [--images 32] [--size 64] [--inception_size 299]
+  python bench/bench_features.py [--images 32] [--size 64] [--inception_size 299] [--threads 2]
+                                 [--quick]
 
 Random weights in the published shapes (throughput does not depend on values). For each extractor:
 the jitted, mesh-sharded path (features.extract) against the same network applied without jit,
@@ -14,15 +15,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from solar_ddpm_jax import sharding  # noqa: E402
-from solar_ddpm_jax.evaluation import clip, domain, features, inception  # noqa: E402
+import common  # noqa: E402
 
 
 def _random_params(module_init, shapes_fn):
+  import numpy as np
   del module_init
   rng = np.random.default_rng(0)
   flat = {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes_fn().items()}
@@ -46,9 +45,18 @@ def main():
   ap.add_argument("--images", type=int, default=32)
   ap.add_argument("--reference_images", type=int, default=2)
   ap.add_argument("--size", type=int, default=64, help="input image size (px)")
-  ap.add_argument("--inception_size", type=int, default=inception.INPUT_SIZE)
+  ap.add_argument("--inception_size", type=int, default=299)
   ap.add_argument("--batch_size", type=int, default=32)
+  common.add_common_args(ap)  # --quick: 8 images, one by one for the reference.
   args = ap.parse_args()
+  if args.quick:
+    args.images, args.reference_images, args.batch_size = 8, 1, 8
+  common.configure_threads(args.threads)  # Before jax starts.
+  import jax
+  import numpy as np
+
+  from solar_ddpm_jax import sharding
+  from solar_ddpm_jax.evaluation import clip, domain, features, inception
   sharding.configure_xla_cpu()  # The library's XLA:CPU settings, before the backend starts.
   mesh = sharding.create_mesh()
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "

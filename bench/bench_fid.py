@@ -15,23 +15,21 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def _set_threads(n: int) -> None:
-  for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[name] = str(n)
+import common  # noqa: E402
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--dims", default="2048,768")
   ap.add_argument("--sizes", default="300,2000,10000", help="images per set (real = generated)")
-  ap.add_argument("--threads", type=int, default=2)
-  ap.add_argument("--quick", action="store_true", help="2048 dimensions, 300 and 2000 images")
+  common.add_common_args(ap)  # --quick: 2048 dimensions, 300 and 2000 images.
   args = ap.parse_args()
   if args.quick:
     args.dims, args.sizes = "2048", "300,2000"
-  _set_threads(args.threads)  # Before numpy loads its BLAS.
+  os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+  common.configure_threads(args.threads)  # Before numpy loads its BLAS.
   import numpy as np
   import scipy.linalg
 
@@ -50,7 +48,8 @@ def main():
     value = fn(*args)
     return value, time.perf_counter() - t
 
-  print(f"## FID: seconds per evaluation, {args.threads} BLAS threads, float64\n")
+  common.header("FID: seconds per evaluation (float64)", args)
+  print()
   print("| dim | images per set | pytorch-fid sqrtm (stats) s | frechet_distance (stats) s | "
         "vs sqrtm | fid (features) s | vs sqrtm + stats | FID sqrtm / ours |")
   print("|---|---|---|---|---|---|---|---|")

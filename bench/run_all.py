@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 SCRIPTS = ("bench_attention.py", "bench_train.py", "bench_sampling.py", "bench_scaling.py",
-           "bench_input.py", "bench_build.py", "bench_fid.py")
+           "bench_input.py", "bench_build.py", "bench_features.py", "bench_fid.py")
 
 
 def main():
