@@ -19,6 +19,19 @@ DATA_AXES = ("data", "fsdp")  # The batch dimension is split over both axes.
 
 _ENV_HINTS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
               "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS")
+_TASK_COUNTS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")  # Hints only above one task.
+
+
+def _env_hint() -> str | None:
+  """The first environment variable that says this is a multi-process job, if any."""
+  for name in _ENV_HINTS:
+    value = os.environ.get(name, "")
+    if not value:
+      continue
+    if name in _TASK_COUNTS and value.strip().isdigit() and int(value) <= 1:
+      continue  # One task: an salloc shell or `mpirun -n 1`, not a multi-process job.
+    return name
+  return None
 
 
 # XLA:CPU flags per mesh.cpu_convolutions, for the jaxlib releases they were measured on (an
@@ -71,7 +84,8 @@ def maybe_initialize_distributed(mesh_config) -> bool:
   if mode == "off":
     return False
   explicit = bool(mesh_config.get("coordinator_address"))
-  if mode == "auto" and not explicit and not any(os.environ.get(k) for k in _ENV_HINTS):
+  hint = None if explicit else _env_hint()
+  if mode == "auto" and not explicit and hint is None:
     return False
   kwargs = {}
   if explicit:
@@ -80,8 +94,17 @@ def maybe_initialize_distributed(mesh_config) -> bool:
                   process_id=int(mesh_config.process_id))
   try:
     jax.distributed.initialize(**kwargs)
-  except RuntimeError as e:  # Already initialised by the launcher.
-    if "already" not in str(e).lower():
+  except (RuntimeError, ValueError) as e:
+    if isinstance(e, RuntimeError) and "already" in str(e).lower():
+      pass  # Initialised by the launcher.
+    elif not explicit:
+      found = f"{hint}={os.environ[hint]} says" if hint else "mesh.distributed='on' says"
+      raise RuntimeError(
+          f"{found} this is a multi-process job, but jax.distributed.initialize() could not find "
+          f"its coordinator ({type(e).__name__}: {e}). Pass --config.mesh.coordinator_address, "
+          "--config.mesh.num_processes and --config.mesh.process_id, or "
+          "--config.mesh.distributed=off to run as one process.") from e
+    else:
       raise
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -94,6 +117,9 @@ def create_mesh(mesh_config=None, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   fsdp = int(mesh_config.get("fsdp", 1)) if mesh_config is not None else 1
   data = int(mesh_config.get("data", -1)) if mesh_config is not None else -1
+  if fsdp < 1 or (data < 1 and data != -1):
+    raise ValueError(f"mesh.fsdp={fsdp} and mesh.data={data}: give positive device counts "
+                     "(mesh.data=-1: all devices left over by mesh.fsdp).")
   if data == -1:
     if len(devices) % fsdp:
       raise ValueError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices.")

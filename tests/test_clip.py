@@ -110,3 +110,21 @@ def test_preprocess_uses_clip_constants():
   assert out.shape == (1, 224, 224, 3)
   np.testing.assert_allclose(out[0, 100, 100], (1 - np.array(clip.CLIP_MEAN)) / clip.CLIP_STD,
                              rtol=1e-5)
+
+
+def test_preprocess_keeps_the_resized_limb_in_range():
+  # A sharp disc edge rings under bicubic resizing; CLIP's own processors clip it to [0, 1].
+  yy, xx = np.mgrid[:64, :64]
+  disc = np.where(np.hypot(yy - 31.5, xx - 31.5) < 24, 1.0, -1.0).astype(np.float32)
+  out = np.asarray(clip.preprocess(np.stack([disc, disc[::-1]])[..., None]))
+  lo = (0 - np.array(clip.CLIP_MEAN)) / clip.CLIP_STD
+  hi = (1 - np.array(clip.CLIP_MEAN)) / clip.CLIP_STD
+  assert np.all(out >= lo - 1e-5) and np.all(out <= hi + 1e-5)
+  np.testing.assert_allclose(out.min(axis=(0, 1, 2)), lo, atol=1e-5)  # Both ends are reached.
+  np.testing.assert_allclose(out.max(axis=(0, 1, 2)), hi, atol=1e-5)
+
+
+def test_multichannel_images_use_their_first_channel():
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(clip.preprocess(x)),
+                             np.asarray(clip.preprocess(x[..., :1])), atol=1e-6)

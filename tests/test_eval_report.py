@@ -145,3 +145,18 @@ def test_extractor_names_from_tuples_and_command_line_text():
   assert features.extractor_names("domain") == ["domain"]
   with pytest.raises(ValueError, match="Unknown feature extractors.*config.evaluation"):
     features.extractor_names(("inceptionv4",))
+
+
+def test_histogram_shows_generated_pixels_brighter_than_any_real_one():
+  config = aia171.get_config("test")
+  rng = np.random.default_rng(0)
+  real = rng.uniform(-1.0, 0.0, (4, 16, 16, 1)).astype(np.float32)
+  fake = real.copy()
+  fake[:, :8] = 1.0  # Half of every generated image at the clip ceiling, far above the real data.
+  labels = np.zeros(4, np.int32)
+  hist = report._physics(config, real, labels, fake, labels)["all"]["histogram"]
+  edges, f = np.asarray(hist["bin_edges_dn_s"]), np.asarray(hist["fake"])
+  from solar_ddpm_jax import outputs
+  real_max = outputs.to_dn_per_s(real, config.data).max()
+  above = np.sum((f * np.diff(edges))[edges[:-1] >= real_max])  # Mass above every real pixel.
+  assert above == pytest.approx(0.5, abs=0.05)

@@ -103,6 +103,20 @@ def test_missing_and_misshapen_tensors_are_named(state_dict):
     inception.params_from_torch(sd)
 
 
+def test_imagenet_inception_weights_are_refused(state_dict):
+  # torchvision's inception_v3_google weights have the same trunk but a 1000-class head.
+  sd = dict(state_dict, **{"fc.weight": np.zeros((1000, 2048), np.float32),
+                          "AuxLogits.fc.weight": np.zeros((1000, 768), np.float32)})
+  with pytest.raises(weights.WeightError, match=r"ImageNet head.*pt_inception-2015-12-05"):
+    inception.params_from_torch(sd)
+
+
+def test_multichannel_images_use_their_first_channel():
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(inception.preprocess(x)),
+                                np.asarray(inception.preprocess(x[..., :1])))
+
+
 def test_missing_file_says_what_where_and_which_key(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     inception.load_inception_params(str(tmp_path / "nope.pth"))

@@ -4,14 +4,20 @@ r"""Download AIA level-1 FITS and GOES XRS files for a date range with sunpy's F
         --wavelengths 171 --cadence_minutes 60
 
 Lays files out for the builder's manual_dir: <out>/aia/<wavelength>/ and <out>/goes/. Resumable:
-files already there are kept and not downloaded again (Fido skips existing files).
+files already there are kept and not downloaded again (Fido skips existing files), except FITS
+files that a killed run left truncated, which are deleted first and fetched again. Exits non-zero
+when any download failed; running it again fetches what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import socket
+import warnings
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 class OfflineError(ConnectionError):
@@ -24,7 +30,10 @@ OFFLINE_HELP = ("Fido needs the network (VSO/JSOC for AIA, NOAA/NCEI for GOES XR
 
 
 def check_online(host: str = "sdac.virtualsolar.org", port: int = 443, timeout_s: float = 3.0):
-  """Raises OfflineError when the data servers cannot be reached."""
+  """Raises OfflineError when the data servers cannot be reached (not checked behind an HTTPS
+  proxy, where a direct connection fails but Fido's requests go through)."""
+  if any(os.environ.get(name) for name in PROXY_VARIABLES):
+    return
   try:
     with socket.create_connection((host, port), timeout=timeout_s):
       return
@@ -32,30 +41,52 @@ def check_online(host: str = "sdac.virtualsolar.org", port: int = 443, timeout_s
     raise OfflineError(f"Cannot reach {host}:{port} ({e}). {OFFLINE_HELP}") from None
 
 
+def is_truncated_fits(path: str) -> bool:
+  """True when the file is shorter than its FITS headers say (a download cut off); headers only."""
+  from astropy.io import fits
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      with fits.open(path, lazy_load_hdus=False, memmap=False):
+        pass
+    except (OSError, ValueError, TypeError, IndexError):
+      return True  # Not even its headers are whole.
+  return any("truncated" in str(w.message).lower() for w in caught)
+
+
+def remove_truncated(folder: str) -> list[str]:
+  """Deletes the truncated FITS files of a folder (so that Fido fetches them again)."""
+  removed = []
+  for path in sorted(glob.glob(os.path.join(folder, "*.fits*"))):
+    if is_truncated_fits(path):
+      os.remove(path)
+      removed.append(os.path.basename(path))
+  return removed
+
+
 def fetch(start: str, end: str, out_dir: str, *, wavelengths=(171,), cadence_minutes: float = 60.0,
           goes: bool = True, host: str = "sdac.virtualsolar.org") -> dict:
-  """Downloads AIA (per wavelength, at the cadence) and GOES XRS for [start, end); counts."""
+  """Downloads AIA (per wavelength, at the cadence) and GOES XRS for [start, end); counts, with
+  `<name>_errors` for failed downloads and `<name>_truncated_removed` for cut-off files."""
   check_online(host)
   import astropy.units as u
   from sunpy.net import Fido
   from sunpy.net import attrs as a
   counts = {}
-  for wavelength in wavelengths:
-    folder = os.path.join(out_dir, "aia", str(int(wavelength)))
-    os.makedirs(folder, exist_ok=True)
-    result = Fido.search(a.Time(start, end), a.Instrument.aia,
-                         a.Wavelength(int(wavelength) * u.angstrom),
-                         a.Sample(float(cadence_minutes) * u.minute))
-    files = Fido.fetch(result, path=os.path.join(folder, "{file}"), overwrite=False)
-    counts[f"aia_{wavelength}"] = len(files)
-    if files.errors:
-      counts[f"aia_{wavelength}_errors"] = len(files.errors)
+  queries = {f"aia_{int(w)}": (os.path.join(out_dir, "aia", str(int(w))), (
+      a.Time(start, end), a.Instrument.aia, a.Wavelength(int(w) * u.angstrom),
+      a.Sample(float(cadence_minutes) * u.minute))) for w in wavelengths}
   if goes:
-    folder = os.path.join(out_dir, "goes")
+    queries["goes"] = (os.path.join(out_dir, "goes"), (a.Time(start, end), a.Instrument.xrs))
+  for name, (folder, attrs) in queries.items():
     os.makedirs(folder, exist_ok=True)
-    result = Fido.search(a.Time(start, end), a.Instrument.xrs)
-    files = Fido.fetch(result, path=os.path.join(folder, "{file}"), overwrite=False)
-    counts["goes"] = len(files)
+    removed = remove_truncated(folder)
+    if removed:
+      counts[f"{name}_truncated_removed"] = len(removed)
+    files = Fido.fetch(Fido.search(*attrs), path=os.path.join(folder, "{file}"), overwrite=False)
+    counts[name] = len(files)
+    if files.errors:
+      counts[f"{name}_errors"] = len(files.errors)
   return counts
 
 
@@ -75,6 +106,10 @@ def main(argv=None):
   except OfflineError as e:
     raise SystemExit(f"error: {e}") from None
   print(counts)
+  failed = {k: v for k, v in counts.items() if k.endswith("_errors")}
+  if failed:
+    raise SystemExit(f"error: downloads failed {failed}; run the same command again to fetch "
+                     "what is missing.")
 
 
 if __name__ == "__main__":

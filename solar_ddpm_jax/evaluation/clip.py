@@ -95,13 +95,15 @@ class ClipVision(nn.Module):
 def preprocess(images, size: int = 224):
   """Model-range images [B, H, W, C] -> CLIP input [B, size, size, 3] (normalised)."""
   x = (jnp.clip(jnp.asarray(images, jnp.float32), -1.0, 1.0) + 1.0) / 2.0
-  x = jnp.tile(x[..., :1], (1, 1, 1, 3)) if x.shape[-1] != 3 else x
+  x = jnp.tile(x[..., :1], (1, 1, 1, 3))  # Multichannel data too: the first channel (171 A).
   x = jax.image.resize(x, (x.shape[0], size, size, 3), "bicubic", antialias=True)
+  x = jnp.clip(x, 0.0, 1.0)  # As CLIP's image processors, whose resize works on 8-bit images.
   return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
-PREPROCESSING = ("[-1,1] -> [0,1]; 1 channel tiled to 3; bicubic antialiased resize to 224x224 "
-                 "(centre crop of a square is the identity); normalise with CLIP mean/std")
+PREPROCESSING = ("[-1,1] -> [0,1]; 1 channel tiled to 3 (several channels: first tiled); bicubic "
+                 "antialiased resize to 224x224 (centre crop of a square is the identity), "
+                 "clipped to [0,1]; normalise with CLIP mean/std")
 
 # Hugging Face name of every Flax leaf: (flax path suffix) -> (hf name, transpose).
 _LAYER_LEAVES = {

@@ -181,14 +181,11 @@ class InceptionV3(nn.Module):
 def preprocess(images, size: int = INPUT_SIZE):
   """Model-range images [B, H, W, C] -> Inception input [B, size, size, 3] in [-1, 1]."""
   x = jnp.clip(jnp.asarray(images, jnp.float32), -1.0, 1.0)
-  if x.shape[-1] == 1:
-    x = jnp.tile(x, (1, 1, 1, 3))
-  elif x.shape[-1] != 3:
-    x = jnp.tile(x[..., :1], (1, 1, 1, 3))  # Multichannel: the first channel (171 A).
+  x = jnp.tile(x[..., :1], (1, 1, 1, 3))  # Multichannel data too: the first channel (171 A).
   return jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear", antialias=False)
 
 
-PREPROCESSING = ("clip to [-1,1]; 1 channel tiled to 3 (several channels: first tiled); "
+PREPROCESSING = ("clip to [-1,1]; 1 channel tiled to 3 (several channels, 3 too: first tiled); "
                  "bilinear resize to 299x299 (align_corners=False, no antialias); "
                  "no further scaling ([-1,1] = pytorch-fid's 2*x-1 of [0,1])")
 
@@ -232,6 +229,16 @@ def params_from_torch(state_dict: dict) -> dict:
   expected = expected_flat_shapes()
   check = {torch_name(k): torch_shape(k, s) for k, s in expected.items()}
   weights_lib.check_tensors(state_dict, check, "Inception V3 (pytorch-fid .pth)")
+  fc = state_dict.get("fc.weight")
+  if (fc is not None and tuple(np.shape(fc)) != (1008, 2048)) or any(
+      k.startswith("AuxLogits.") for k in state_dict):
+    shape = tuple(np.shape(fc)) if fc is not None else None
+    raise weights_lib.WeightError(
+        f"Inception V3: this file has an ImageNet head (fc {shape}, AuxLogits), as torchvision's "
+        "inception_v3_google weights do, not the 1008-class FID network of pytorch-fid. FIDs "
+        "computed with it are not comparable with published ones: use "
+        + weights_lib.PUBLISHED["inception"]["files"] + " from "
+        + " or ".join(weights_lib.PUBLISHED["inception"]["urls"]) + ".")
   flat = {}
   for k in expected:
     v = np.asarray(state_dict[torch_name(k)], np.float32)

@@ -62,7 +62,7 @@ def _physics(config, real_images, real_labels, fake_images, fake_labels) -> dict
   from solar_ddpm_jax import outputs
   real_dn = outputs.to_dn_per_s(real_images, config.data)[..., 0]
   fake_dn = outputs.to_dn_per_s(fake_images, config.data)[..., 0]
-  ceiling = float(max(real_dn.max(), 1.0))
+  ceiling = float(max(real_dn.max(), fake_dn.max(), 1.0))  # Over-bright samples stay in view.
   q = float(config.evaluation.get("bright_quantile", 0.99))
   threshold = float(np.quantile(real_dn, q))
   out = {"settings": dict(units="DN/s per output pixel (outputs.to_dn_per_s with config.data)",
