@@ -28,7 +28,6 @@ def main():
   args = ap.parse_args()
   if args.quick:
     args.dims, args.sizes = "2048", "300,2000"
-  os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
   common.configure_threads(args.threads)  # Before numpy loads its BLAS.
   import numpy as np
   import scipy.linalg

@@ -34,6 +34,7 @@ def configure_threads(threads: int) -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ["OMP_NUM_THREADS"] = str(threads)
   os.environ["MKL_NUM_THREADS"] = str(threads)
+  os.environ["OPENBLAS_NUM_THREADS"] = str(threads)  # numpy's BLAS (bench_fid).
   # XLA:CPU sizes its intra-op pool from the visible cores; restrict them where there are more.
   if hasattr(os, "sched_setaffinity") and threads < len(os.sched_getaffinity(0)):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])

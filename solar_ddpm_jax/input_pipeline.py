@@ -248,7 +248,8 @@ def local_rows(batch_size: int) -> slice:
   return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
 
 
-def _label_field(config) -> str:
+def label_field(config) -> str:
+  """The conditioning label of config.data: "flare_class" or "forecast_class"."""
   field = config.data.get("label", "flare_class")
   if field not in ("flare_class", "forecast_class"):
     raise ValueError(f"data.label must be 'flare_class' or 'forecast_class', not {field!r}.")
@@ -258,7 +259,7 @@ def _label_field(config) -> str:
 def local_batch(arrays: dict, config, step: int, split: str = "train") -> dict:
   """This process's rows of global batch `step` as numpy: image [b,R,R,C], label int32 [b]."""
   batch_size = int(config.training.batch_size)
-  labels = arrays[_label_field(config)]
+  labels = arrays[label_field(config)]
   balanced = bool(config.data.get("class_balanced", False)) and split == "train"
   idx = batch_indices(len(labels), batch_size, step, int(config.seed), split,
                       labels if balanced else None)[local_rows(batch_size)]

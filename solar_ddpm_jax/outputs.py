@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from solar_ddpm_jax import FLARE_CLASSES
-from tfds_aia.preprocess import AIA_FULL_FRAME_PX  # Pixels across an AIA full-disc frame.
+from tfds_aia import preprocess
 
 AIA_PLATE_SCALE_ARCSEC = 0.6  # Arcsec per pixel of a level-1.5 frame.
 RSUN_OBS_ARCSEC = 960.0  # Nominal solar radius seen from 1 AU (the frame's disc).
@@ -78,23 +78,16 @@ def save_class_grid(images, labels, path: str, wavelength_a: int = 171,
   return grid
 
 
-def source_frame_px(data_config) -> int:
-  """Pixels across the full-resolution frames the data set was built from."""
-  from tfds_aia import preprocess
-  return preprocess.frame_px(data_config)
-
-
 def to_dn_per_s(images, data_config) -> np.ndarray:
   """Model-range images [N,H,W,C] -> DN/s per output pixel, inverting the data preprocessing.
 
   With "sum" downsampling a pixel holds the sum of the f x f source pixels it covers, so the clip
-  ceiling is dn_ceiling * f^2 (tfds_aia.preprocess.effective_ceiling).
+  ceiling is dn_ceiling * f^2 (tfds_aia.preprocess.effective_ceiling), f from data.frame_px.
   """
-  from tfds_aia import preprocess
   images = np.asarray(images, np.float32)
   ceiling = preprocess.effective_ceiling(
       np.asarray(data_config.dn_ceiling, np.float64)[:images.shape[-1]],
-      source_frame_px(data_config), images.shape[1], data_config.downsample)
+      preprocess.frame_px(data_config), images.shape[1], data_config.downsample)
   return preprocess.to_dn_per_s(images, ceiling, data_config.stretch,
                                 float(data_config.asinh_a)).astype(np.float32)
 
@@ -105,7 +98,7 @@ def fits_header(*, resolution: int, wavelength_a: int, flare_class: str, guidanc
   """An AIA-like header for a synthetic full-disc image of `resolution` px (sunpy reads it)."""
   from astropy.io import fits
   h = fits.Header()
-  cdelt = AIA_PLATE_SCALE_ARCSEC * AIA_FULL_FRAME_PX / resolution
+  cdelt = AIA_PLATE_SCALE_ARCSEC * preprocess.AIA_FULL_FRAME_PX / resolution
   center = (resolution + 1) / 2.0
   cards = [
       ("TELESCOP", "SDO/AIA", "Imitated instrument; this image is SYNTHETIC"),

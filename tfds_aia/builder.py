@@ -87,7 +87,7 @@ def settings_from_config(data_config) -> dict:
   for key, default in DEFAULT_SETTINGS.items():
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
     if key == "frame_px":  # Checked there, and a synthetic archive's own size.
-      value = preprocess.frame_px(data_config) if hasattr(data_config, "get") else default
+      value = preprocess.frame_px(data_config)
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
   return out
 
@@ -221,9 +221,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._skip(path, f"unreadable GOES XRS file ({e.__class__.__name__}: {e})")
     xrs = goes.merge(flux_parts)
     events = hek.load_events(s["hek_events"]) if s["hek_events"] else None
-    if s["hek_scaling"] not in goes.POLICIES:
-      raise ValueError(f"Unknown data.hek_scaling {s['hek_scaling']!r}; choose one of "
-                       f"{goes.POLICIES}.")
     hek_factor = goes.policy_factor(s["hek_scaling"], s["goes_scaling"])
     items = []
     for time_unix_s, members in self._group_channels(self._frames(aia_paths)):

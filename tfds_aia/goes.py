@@ -87,8 +87,10 @@ def native_scale(meta: dict, filename: str, satellite: str = "") -> str:
 
 def policy_factor(native: str, policy: str) -> float:
   """Factor that takes fluxes from their native scale to the policy's scale."""
-  if policy not in POLICIES:
-    raise ValueError(f"Unknown GOES scaling policy {policy!r}; choose one of {POLICIES}.")
+  for scale in (native, policy):
+    if scale not in POLICIES:
+      raise ValueError(f"Unknown GOES flux scale {scale!r} (data.goes_scaling, "
+                       f"data.hek_scaling); choose one of {POLICIES}.")
   if native == policy:
     return 1.0
   return 1.0 / NOAA_SCALING if policy == "science" else NOAA_SCALING

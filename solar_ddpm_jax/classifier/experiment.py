@@ -18,6 +18,7 @@ import os
 import numpy as np
 from absl import logging
 
+from solar_ddpm_jax import input_pipeline
 from solar_ddpm_jax.classifier import metrics as metrics_lib
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
@@ -33,7 +34,6 @@ def _time_range(arrays: dict) -> list[float]:
 
 def load_splits(config) -> dict[str, dict]:
   """Train / validation / test arrays of the dataset's time splits; checks they do not overlap."""
-  from solar_ddpm_jax import input_pipeline
   splits = {s: input_pipeline.load_split_arrays(config, s) for s in ("train", "validation", "test")}
   ranges = [_time_range(splits[s]) for s in ("train", "validation", "test")]
   for (_, end), (start, _) in zip(ranges[:-1], ranges[1:], strict=True):
@@ -71,7 +71,7 @@ def _arm_data(arm: str, config, train_images, train_labels, synthetic):
     return train_images, train_labels, kwargs
   if arm == "synthetic":
     images, generated = synthetic
-    labels = synthetic_targets(generated, config.data.get("label", "flare_class"), cc.label)
+    labels = synthetic_targets(generated, input_pipeline.label_field(config), cc.label)
     return (np.concatenate([train_images, images]), np.concatenate([train_labels, labels]), {})
   raise ValueError(f"Unknown arm {arm!r}; choose from {ARMS}.")
 
@@ -130,7 +130,7 @@ def augment_experiment(config, workdir: str) -> dict:
   if "synthetic" in cc.arms:  # Before hours of training: can the generated images be labelled?
     from solar_ddpm_jax import sample
     synthetic_targets(sample.parse_classes(cc.synthetic_classes),
-                      config.data.get("label", "flare_class"), cc.label)
+                      input_pipeline.label_field(config), cc.label)
   splits = load_splits(config)
   ys = {s: train_lib.labels_of(a, cc.label) for s, a in splits.items()}
   synthetic = generate_synthetic(config, workdir) if "synthetic" in cc.arms else None

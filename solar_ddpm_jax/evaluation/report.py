@@ -15,7 +15,7 @@ import traceback
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import FLARE_CLASSES
+from solar_ddpm_jax import FLARE_CLASSES, input_pipeline
 from solar_ddpm_jax.evaluation import clusters, export, physics
 from solar_ddpm_jax.evaluation import features as features_lib
 from solar_ddpm_jax.evaluation import fid as fid_lib
@@ -120,7 +120,7 @@ def check_classifier_matches(meta: dict, config, image_shape) -> None:
   (config.data.label: "flare_class" or "forecast_class"), on images of the same shape.
   """
   label, names = meta.get("label"), list(meta.get("class_names", []))
-  wanted = config.data.get("label", "flare_class")
+  wanted = input_pipeline.label_field(config)
   if label != wanted or names != list(FLARE_CLASSES):
     raise ValueError(f"the classifier predicts {label!r} ({names}), not the {wanted!r} classes "
                      f"{list(FLARE_CLASSES)} the model is conditioned on (data.label); train it "
