@@ -32,7 +32,6 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
   data.source = "manual"  # "manual": FITS + GOES files in data.manual_dir; "synthetic": generated.
-  data.dataset_name = "aia_flares"  # TFDS builder name (tfds_aia package).
   data.data_dir = ""  # TFDS data dir; "" means $TFDS_DATA_DIR or ~/tensorflow_datasets.
   data.manual_dir = ""  # Folder with AIA FITS files and GOES XRS files (see README).
   data.hek_events = ""  # Saved HEK flare event list (JSON/CSV); "" = label by GOES flux only.
@@ -59,7 +58,6 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.split_gap_hours = 12.0  # Frames this close to a split boundary are dropped (no leakage).
   data.label = "flare_class"  # Conditioning label: "flare_class" (paper) or "forecast_class".
   data.class_balanced = False  # Sample classes uniformly instead of by frequency.
-  data.shuffle_buffer = 2048  # Examples in the shuffle buffer.
   data.prefetch = 2  # Batches prefetched onto the devices.
   data.file_format = "tfrecord"  # "tfrecord" or "array_record".
   data.num_workers = 0  # Processes that preprocess FITS files in the build; 0 = all cores.
@@ -95,7 +93,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   model.dtype = "float32"  # Compute dtype ("bfloat16" on GPU/TPU).
   model.param_dtype = "float32"  # Parameter dtype (master weights).
   model.remat = False  # Rematerialise blocks in the backward pass (saves memory at 256/512 px).
-  model.faithful = False  # Paper quirks (align-corners upsampling etc.) where they change results.
+  model.faithful = False  # Paper quirks: align-corners upsampling, a zero null-class embedding.
 
   # ------------------------------------------------------------------------------ diffusion
   diffusion = config.diffusion = ml_collections.ConfigDict()
@@ -125,10 +123,10 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   training.keep_checkpoints = 3  # Checkpoints kept (plus the best by eval loss).
   training.eval_every_steps = 5000  # Validation loss cadence.
   training.sample_every_steps = 10_000  # EMA sample grid (one row per class) cadence.
-  training.sample_steps = 50  # DDIM steps of the periodic sample grids.
+  training.sample_steps = 50  # Steps of sampling.sampler in the periodic sample grids.
   training.grid_per_class = 4  # Images per flare class (one row each) in the periodic grids.
   training.eval_batches = 4  # Validation batches per eval (fixed noise keys: comparable evals).
-  training.profile = False  # Capture a jax.profiler trace of a few steps.
+  training.profile = False  # jax.profiler trace of steps 3-7 into <workdir>/profile.
 
   # ------------------------------------------------------------------------------- sampling
   sampling = config.sampling = ml_collections.ConfigDict()
@@ -187,7 +185,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   classifier.flip_ew = False  # Augmentation: east-west flips (reverse solar rotation; debatable).
   classifier.flip_ns = False  # Augmentation: north-south flips (swap hemispheres; debatable).
   classifier.oversample = True  # Rebalanced arm: draw classes uniformly.
-  classifier.class_weights = False  # Rebalanced arm: inverse-frequency loss weights as well.
+  classifier.class_weights = False  # Rebalanced arm: 1/frequency loss weights (oversample=False).
   classifier.synthetic_sampler = "ddpm"  # Sampler of the generated images (ancestral: any model).
   classifier.synthetic_steps = 100  # Sampler steps for the generated images (respaced grid).
   classifier.synthetic_guidance = 3.0  # CFG scale of the generated images.
@@ -222,7 +220,6 @@ def _demo(config):
   config.data.resolution = 32
   config.data.train_end = "2014-01-01"
   config.data.val_end = "2014-07-01"
-  config.data.shuffle_buffer = 512
   config.data.num_workers = 1  # Small frames: one process is faster than starting a pool.
   config.model.image_size = 32
   config.model.base_channels = 24

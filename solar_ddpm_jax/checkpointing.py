@@ -49,12 +49,14 @@ def create_manager(workdir: str, training_config=None, *,
 
 
 def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
-         data_seed: int = 0, force: bool = False) -> bool:
+         data_seed: int = 0, batch_size: int | None = None, force: bool = False) -> bool:
   """Starts an async save of `state` at its step (collective: every process calls it)."""
   step = int(jax.device_get(state.step))
   if step in manager.all_steps():
     return False
   data = {"step": step, "data_seed": int(data_seed)}
+  if batch_size is not None:
+    data["batch_size"] = int(batch_size)
   if metrics is not None:
     metrics = {k: float(v) for k, v in metrics.items()}
   saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -63,6 +65,26 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
   if saved:
     logging.info("Checkpoint of step %d started (async).", step)
   return saved
+
+
+def check_resume_record(record: dict, config, directory) -> None:
+  """Refuses a resume whose seed differs from the checkpoint's; warns on a new batch size.
+
+  The noise, timesteps, label dropout and data order are functions of (seed, step), so another
+  seed would silently continue a different run; another batch size moves the data position.
+  """
+  seed = record.get("data_seed")
+  if seed is not None and int(seed) != int(config.seed):
+    raise ValueError(
+        f"The checkpoints in {directory} were trained with seed {int(seed)}, this config has "
+        f"seed {int(config.seed)}. Resume with --config.seed={int(seed)}, or train in a new "
+        "--workdir.")
+  batch = record.get("batch_size")
+  if batch is not None and int(batch) != int(config.training.batch_size):
+    logging.warning(
+        "Resuming with training.batch_size=%d; the checkpoints in %s used %d. Training goes on, "
+        "but the data order is no longer that of one uninterrupted run.",
+        int(config.training.batch_size), directory, int(batch))
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -9,7 +9,6 @@ real-only flare classifier: the evaluation's judge and domain features), evaluat
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import time
 
@@ -22,13 +21,7 @@ from solar_ddpm_jax import sample, train
 METRICS_FILE = train.METRICS_FILE
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The training metrics records of a workdir (step, loss, ...), oldest first."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+read_metrics = train.read_metrics  # The records of a workdir (step, loss, ...), oldest first.
 
 
 def plot_loss(records: list[dict], path: str) -> bool:

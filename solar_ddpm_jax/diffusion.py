@@ -170,7 +170,8 @@ def training_loss(apply_fn, params, schedule: Schedule, images, labels, key, *, 
   """Mean loss and {"loss_per_sample" [B], "t" [B]} of one batch of images [B, H, W, C] in [-1, 1].
 
   apply_fn(params, x_t, t, labels, train=..., rngs=...) is the network. The key draws t, the
-  noise, the label dropout (labels -> num_classes, the null class) and the network's dropout.
+  noise, the label dropout (labels -> num_classes, the null class) and the network's dropout;
+  train=False (validation) keeps every label and turns dropout off.
   """
   c = diffusion_config
   k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 4)
@@ -179,8 +180,10 @@ def training_loss(apply_fn, params, schedule: Schedule, images, labels, key, *, 
   noise = jax.random.normal(k_noise, images.shape, jnp.float32)
   x0 = images.astype(jnp.float32)
   x_t = q_sample(schedule, x0, t, noise)
-  labels = drop_labels(k_drop, labels.astype(jnp.int32), float(c.label_dropout), num_classes,
-                       bool(c.per_sample_dropout))
+  labels = labels.astype(jnp.int32)
+  if train:  # Eval scores the conditional model: no label dropout.
+    labels = drop_labels(k_drop, labels, float(c.label_dropout), num_classes,
+                         bool(c.per_sample_dropout))
   out = apply_fn(params, x_t, t, labels, train=train,
                  rngs={"dropout": k_dropout} if train else None)
   abar = _bcast(schedule.alphas_cumprod, t, x0.ndim)

@@ -182,7 +182,11 @@ _ARRAYS_CACHE: dict = {}
 
 def load_split_arrays(config, split: str) -> dict:
   """A whole split as numpy arrays: image [N,R,R,C] float32 in [-1,1], flare_class [N],
-  forecast_class [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N] (in time order)."""
+  forecast_class [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N] (in time order).
+
+  The arrays are read-only and shared by every caller in the process (one copy of the split in
+  memory, however often it is asked for); copy one before changing it.
+  """
   _hide_accelerators_from_tensorflow()
   import tensorflow_datasets as tfds
   builder = _prepared_builder(config)
@@ -202,10 +206,12 @@ def load_split_arrays(config, split: str) -> dict:
     arrays = {k: v[order] for k, v in arrays.items()}
     arrays["flare_class"] = arrays["flare_class"].astype(np.int32)
     arrays["forecast_class"] = arrays["forecast_class"].astype(np.int32)
+    for v in arrays.values():
+      v.flags.writeable = False
     if len(_ARRAYS_CACHE) > 8:
       _ARRAYS_CACHE.clear()
     _ARRAYS_CACHE[key] = arrays
-  return {k: v.copy() for k, v in _ARRAYS_CACHE[key].items()}
+  return dict(_ARRAYS_CACHE[key])
 
 
 def _split_seed(split: str) -> int:
@@ -253,7 +259,32 @@ def label_field(config) -> str:
   field = config.data.get("label", "flare_class")
   if field not in ("flare_class", "forecast_class"):
     raise ValueError(f"data.label must be 'flare_class' or 'forecast_class', not {field!r}.")
+  if field == "forecast_class":
+    warn_forecast_leakage(config.data)
   return field
+
+
+_LEAKAGE_WARNED: set = set()
+
+
+def warn_forecast_leakage(data_config) -> bool:
+  """Warns (once) when forecast labels can see across a split boundary; True if they can.
+
+  A frame's forecast class is the peak of the next data.forecast_window_hours: with a split gap
+  shorter than that, a training frame's label can come from a flare of the validation period.
+  """
+  gap = float(data_config.get("split_gap_hours", 0.0))
+  window = float(data_config.get("forecast_window_hours", 24.0))
+  if gap >= window:
+    return False
+  if (gap, window) not in _LEAKAGE_WARNED:
+    _LEAKAGE_WARNED.add((gap, window))
+    logging.warning(
+        "Forecast labels with data.split_gap_hours=%g < data.forecast_window_hours=%g: the "
+        "labels of frames just before a split boundary look at flares after it, so one flare can "
+        "label frames of two splits. Set --config.data.split_gap_hours=%g (a new dataset build) "
+        "for scores without that leakage.", gap, window, window)
+  return True
 
 
 def local_batch(arrays: dict, config, step: int, split: str = "train") -> dict:

@@ -20,20 +20,33 @@ from absl import logging
 from solar_ddpm_jax import FLARE_CLASSES, checkpointing, outputs, sharding
 
 
-def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh) -> np.ndarray:
+def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh,
+                  num_classes: int | None = None) -> np.ndarray:
   """Runs `sample_fn(params, labels, key)` over `labels` in fixed-size sharded batches.
 
-  Batches are padded to one size (a multiple of the device count: one compilation); batch i uses
-  key fold_in(key(seed), i), so the same (labels, seed, batch_size) give the same images.
-  Returns host numpy images [N,H,W,C] on every process.
+  The labels are cut into batches of `batch_size` (fewer when there are fewer labels) and batch i
+  uses key fold_in(key(seed), i); each batch is padded to a multiple of the device count (one
+  compilation), and the padding rows come after the real ones, whose noise does not depend on
+  them. So the same (labels, seed, batch_size) give the same images on any number of devices.
+  Labels are checked against `num_classes` when given. Returns host numpy images [N,H,W,C] on
+  every process.
   """
+  if num_classes is not None:
+    from solar_ddpm_jax import samplers
+    samplers.check_labels(labels, num_classes)
   labels = np.asarray(labels, np.int32)
+  if labels.size == 0:
+    raise ValueError("No labels to sample: give at least one class and one image per class.")
   n_dev = mesh.devices.size
-  batch_size = max(n_dev, -(-min(int(batch_size), max(1, len(labels))) // n_dev) * n_dev)
+  batch_size = max(1, min(int(batch_size), len(labels)))
+  padded_size = -(-batch_size // n_dev) * n_dev
+  if padded_size != batch_size:
+    logging.info("Sampling batches of %d padded to %d for %d devices (a multiple of the device "
+                 "count wastes nothing).", batch_size, padded_size, n_dev)
   out = []
   for i, start in enumerate(range(0, len(labels), batch_size)):
     chunk = labels[start:start + batch_size]
-    padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
+    padded = np.concatenate([chunk, np.zeros(padded_size - len(chunk), np.int32)])
     key_data = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
     key = jax.random.wrap_key_data(sharding.host_to_global(mesh, key_data, replicate=True))
     images = sample_fn(params, sharding.host_to_global(mesh, padded), key)
@@ -125,20 +138,38 @@ def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, se
   mesh, sample_fn = _sample_fn(cfg)
   w = float(cfg.sampling.guidance_scale)
   images = sample_images(lambda p, y, k: sample_fn(p, y, k, guidance_scale=w), params, labels,
-                         seed=seed, batch_size=int(cfg.sampling.batch_size), mesh=mesh)
+                         seed=seed, batch_size=int(cfg.sampling.batch_size), mesh=mesh,
+                         num_classes=int(cfg.model.num_classes))
   return images, cfg, step
 
 
 def settings_tag(cfg, step: int) -> str:
-  """Folder name that says how a sample set was made."""
+  """Folder name that says how a sample set was made: every setting that changes the images.
+
+  step, sampler, steps, guidance and seed always; then, where they apply and differ from the
+  defaults, DDIM's eta, DDPM's posterior variance, x0 clipping and the raw (non-EMA) weights.
+  """
   s = cfg.sampling
-  return (f"step{step}_{s.sampler}_n{int(s.num_steps)}_w{float(s.guidance_scale):g}"
-          f"_seed{int(s.seed)}")
+  tag = (f"step{step}_{s.sampler}_n{int(s.num_steps)}_w{float(s.guidance_scale):g}"
+         f"_seed{int(s.seed)}")
+  if s.sampler == "ddim" and float(s.eta) != 0.0:
+    tag += f"_eta{float(s.eta):g}"
+  if s.sampler == "ddpm" and s.ddpm_variance != "beta":
+    tag += f"_{s.ddpm_variance}"
+  if bool(s.clip_x0):
+    tag += "_clip"
+  if not bool(s.use_ema):
+    tag += "_raw"
+  return tag
 
 
 def sample_and_save(config, workdir: str) -> str:
   """--mode=sample: samples config.sampling.num_per_class images per class and writes them."""
   classes = parse_classes(config.sampling.classes)
+  if not classes or int(config.sampling.num_per_class) < 1:
+    raise ValueError(f"sampling.classes={config.sampling.classes!r} and sampling.num_per_class="
+                     f"{config.sampling.num_per_class}: give at least one of A,B,C,M,X and one "
+                     "image per class.")
   labels = np.repeat(np.asarray(classes, np.int32), int(config.sampling.num_per_class))
   images, cfg, step = _generate(config, workdir, labels, guidance_scale=None, sampler=None,
                                 num_steps=None, seed=int(config.sampling.seed))
@@ -162,6 +193,11 @@ def sample_and_save(config, workdir: str) -> str:
       images, labels, os.path.join(out_dir, "grid.png"),
       wavelength_a=int(cfg.data.channels[0]),
       title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}, step {step}")
+  fits_dir = os.path.join(out_dir, "fits")
+  if os.path.isdir(fits_dir):  # A rerun with the same settings replaces every file of the last.
+    for name in os.listdir(fits_dir):
+      if name.endswith(".fits"):
+        os.remove(os.path.join(fits_dir, name))
   if s.write_fits:
     for i, (img, label) in enumerate(zip(dn_per_s, labels, strict=True)):
       for c, wavelength in enumerate(cfg.data.channels):
@@ -170,7 +206,7 @@ def sample_and_save(config, workdir: str) -> str:
             flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
             sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
             checkpoint_step=step, index=i, preset=cfg.preset)
-        outputs.write_fits(os.path.join(out_dir, "fits", f"{FLARE_CLASSES[label]}_{i:05d}_"
+        outputs.write_fits(os.path.join(fits_dir, f"{FLARE_CLASSES[label]}_{i:05d}_"
                                         f"{int(wavelength)}.fits"), img[..., c], header)
   logging.info("Wrote %d samples (%s) to %s.", len(labels), settings_tag(cfg, step), out_dir)
   return out_dir

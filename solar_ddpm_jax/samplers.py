@@ -8,7 +8,8 @@
                 steps, or a respaced grid when sampling.num_steps < T.
   ddim          DDIM with any number of strided steps and eta (0 = deterministic).
   dpm_solver++  DPM-Solver++(2M) in data prediction (Lu et al. 2022) on a grid uniform in log-SNR,
-                first order at the first and the last step; good samples in 10-25 steps.
+                first order at the first step and at the step into the data (abar = 1); good
+                samples in 10-25 steps.
 
 The grid runs from t = T-1 down to t = 0 and a final step to the data (abar = 1); with
 diffusion.faithful_timesteps it runs T-1..1 and ends at abar_0, as the published code.
@@ -40,8 +41,12 @@ def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
   abar = np.asarray(alphas_cumprod, np.float64)
   num_timesteps = len(abar)
   lo = 1 if faithful else 0
-  if num_steps <= 0 or num_steps >= num_timesteps - lo:
+  if num_steps < 0:
+    raise ValueError(f"sampling.num_steps={num_steps}: give a step count >= 1 (0: all T steps).")
+  if num_steps == 0 or num_steps >= num_timesteps - lo:
     return np.arange(num_timesteps - 1, lo - 1, -1)
+  if num_steps == 1:
+    return np.array([num_timesteps - 1])  # One step from pure noise to the data.
   if spacing == "time":
     grid = np.round(np.linspace(lo, num_timesteps - 1, num_steps)).astype(np.int64)
   elif spacing == "logsnr":
@@ -124,8 +129,11 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
   """Runs a sampler from x_T down to the data; pure, jit it (one scan over the grid).
 
   model_fn(x [B,...], t [B] int32, labels [B]) -> network output (eps, x0 or v: `prediction`).
-  alphas_cumprod: the schedule's abar [T] (concrete). Returns the final x0 estimate [B, ...].
+  alphas_cumprod: the schedule's abar [T] (concrete). Returns the final x0 estimate [B, ...]
+  (with `faithful`: x at abar_0, as the published code).
   """
+  if sampler == "ddim" and not 0.0 <= float(eta) <= 1.0:
+    raise ValueError(f"sampling.eta={eta}: DDIM's eta is in [0, 1] (0 deterministic, 1 DDPM-like).")
   abar_all = np.asarray(alphas_cumprod, np.float64)
   grid = timestep_grid(abar_all, num_steps, faithful=faithful,
                        spacing="logsnr" if sampler == "dpm_solver++" else "time")
@@ -178,6 +186,19 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
   return final[0] if sampler == "dpm_solver++" else final
 
 
+def check_labels(labels, num_classes: int) -> None:
+  """Class labels must be 0..num_classes-1: outside, the embedding lookup gives NaN images (label
+  > num_classes) or silently unconditional ones (num_classes, the null class, or -1)."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"Labels must be a 1-D integer array, not {labels.dtype} {labels.shape}.")
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise ValueError(f"Labels {sorted(set(bad.tolist()))[:8]} are not classes 0..{num_classes - 1} "
+                     f"(A..X); the null class {num_classes} is reached through the guidance scale "
+                     "(guidance_scale=0: unconditional).")
+
+
 def make_sample_fn(apply_fn, schedule, config, mesh=None):
   """fn(params, labels [B], key, guidance_scale=None) -> images [B, H, W, C] clipped to [-1, 1].
 
@@ -186,6 +207,12 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
   sweep over scales does not recompile). The batch is sharded over `mesh` when given.
   """
   s, m, d = config.sampling, config.model, config.diffusion
+  if float(d.label_dropout) <= 0.0 and float(s.guidance_scale) != 1.0:
+    logging.warning(
+        "sampling.guidance_scale=%g with diffusion.label_dropout=0: the model never saw the null "
+        "class, so the unconditional branch of the guidance is untrained. Sample with "
+        "guidance_scale=1 (conditional only), or train with label dropout.",
+        float(s.guidance_scale))
   if (m.block_style == "paper" and d.prediction == "eps"
       and (s.sampler == "dpm_solver++" or (s.sampler == "ddim" and float(s.eta) == 0.0))):
     logging.warning(
@@ -213,9 +240,13 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
 
   jitted = jax.jit(run, out_shardings=out_sharding)
 
+  num_classes = int(m.num_classes)
+
   def sample_fn(params, labels, key, guidance_scale=None):
     w = float(s.guidance_scale) if guidance_scale is None else guidance_scale
-    labels = jnp.asarray(labels, jnp.int32) if not isinstance(labels, jax.Array) else labels
+    if not isinstance(labels, jax.Array):
+      check_labels(labels, num_classes)
+      labels = jnp.asarray(labels, jnp.int32)
     if mesh is not None and jax.process_count() == 1:
       labels = jax.device_put(labels, sharding.batch_sharding(mesh, 1))
     w = w if isinstance(w, jax.Array) else np.asarray(w, np.float32)

@@ -26,6 +26,8 @@ from solar_ddpm_jax import FLARE_CLASSES, sharding, train_state
 
 NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
 METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
+PROFILE_FIRST, PROFILE_STEPS = 3, 5  # training.profile: steps 3..7 of a run (after compiling).
+SIGTERM_SYNC_STEPS = 100  # Multi-process: SIGTERM is agreed on at log steps, or this often.
 
 
 class Preempted(SystemExit):
@@ -212,6 +214,7 @@ def train_and_evaluate(config, workdir: str, *,
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   tc = config.training
+  train_state.check_param_dtype(config.model)
   num_steps = int(tc.num_train_steps)
   is_main = jax.process_index() == 0
   mesh = sharding.create_mesh(config.mesh)
@@ -230,6 +233,7 @@ def train_and_evaluate(config, workdir: str, *,
   if manager.latest_step() is not None:
     state, record = checkpointing.restore(
         manager, checkpointing.abstract_with_shardings(abstract, shardings))
+    checkpointing.check_resume_record(record, config, manager.directory)
     logging.info("Resumed from the checkpoint of step %d (data position %s).",
                  int(state.step), record.get("step"))
   else:
@@ -254,10 +258,24 @@ def train_and_evaluate(config, workdir: str, *,
 
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                            writer=writer if is_main else None)
+  def run_eval(done):
+    metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
+                       int(tc.get("eval_batches", 4)))
+    if metrics:
+      write_scalars(writer, workdir, done, metrics)
+    return metrics
+
+  def log_window(done):
+    check_finite(pending, pending_start, manager)
+    write_scalars(writer, workdir, done, summarize_metrics(pending),
+                  extra={"window_steps": len(pending)})
+
+  profiler = _Profiler(workdir, start_step) if tc.get("profile", False) else None
   pending, pending_start = [], start_step
-  eval_metrics = None
   with _SigtermFlag() as sigterm:
     for step in range(start_step, num_steps):
+      if profiler is not None:
+        profiler.before(step, state)
       batch = next(train_iterator)
       state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
       pending.append(metrics)
@@ -265,19 +283,19 @@ def train_and_evaluate(config, workdir: str, *,
       report(done, time.time())
       last = done == num_steps
       if _due(done, tc.log_every_steps, last):
-        check_finite(pending, pending_start, manager)
-        write_scalars(writer, workdir, done, summarize_metrics(pending))
+        log_window(done)
         pending, pending_start = [], done
-      if _due(done, tc.eval_every_steps, last):
-        eval_metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
-                                int(tc.get("eval_batches", 4)))
-        if eval_metrics:
-          write_scalars(writer, workdir, done, eval_metrics)
-      if last or _due(done, tc.checkpoint_every_steps, False):
+      eval_metrics = run_eval(done) if _due(done, tc.eval_every_steps, last) else None
+      checkpoint_due = last or _due(done, tc.checkpoint_every_steps, False)
+      if checkpoint_due:
+        if eval_metrics is None and int(tc.eval_every_steps) > 0:
+          eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best is kept).
         check_finite(pending, pending_start, manager)
+        if int(tc.log_every_steps) <= 0:  # Nothing else empties the window: checked, dropped.
+          pending, pending_start = [], done
         with report.timed("checkpoint"):
-          checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics
-                             if _due(done, tc.eval_every_steps, last) else None)
+          checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics,
+                             batch_size=int(tc.batch_size))
       if _due(done, tc.sample_every_steps, last):
         with report.timed("sample_grid"):
           images = sample.sample_images(grid_fn, state.ema_params, grid_labels(config), seed=done,
@@ -286,25 +304,69 @@ def train_and_evaluate(config, workdir: str, *,
             path = os.path.join(workdir, "samples", f"grid_step{done:07d}.png")
             rgb = outputs.save_class_grid(images, grid_labels(config), path)
             writer.write_images(done, {"samples_ema": rgb[None]})
-      if not last and sigterm.requested(at_sync_point=_due(done, tc.log_every_steps, False)):
-        check_finite(pending, pending_start, manager)
-        checkpointing.save(manager, state, data_seed=config.seed, force=True)
+      sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
+                    or (int(tc.log_every_steps) <= 0 and done % SIGTERM_SYNC_STEPS == 0))
+      if not last and sigterm.requested(at_sync_point=sync_point):
+        if pending:  # The partial log window, so that no step's metrics are lost.
+          log_window(done)
+        checkpointing.save(manager, state, data_seed=config.seed, force=True,
+                           batch_size=int(tc.batch_size))
         manager.wait_until_finished()
         writer.flush()
         logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
         raise Preempted(143)
+  if profiler is not None:
+    profiler.stop(state)
   manager.wait_until_finished()
   manager.close()
   writer.flush()
   return state
 
 
-def write_scalars(writer, workdir: str, step: int, scalars: dict) -> None:
-  """Scalars to the clu writer (TensorBoard + console) and, on process 0, to metrics.jsonl."""
+class _Profiler:
+  """training.profile: a jax.profiler trace of PROFILE_STEPS steps, for TensorBoard's profile tab.
+
+  Starts before step start_step + PROFILE_FIRST (compilation is over by then) and stops after
+  PROFILE_STEPS steps have finished on the device. Traces go to <workdir>/profile (one folder per
+  process in multi-process jobs).
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self.first = start_step + PROFILE_FIRST
+    self.last = self.first + PROFILE_STEPS
+    self.logdir = os.path.join(workdir, "profile")
+    if jax.process_count() > 1:
+      self.logdir = os.path.join(self.logdir, f"process_{jax.process_index()}")
+    self.running = False
+
+  def before(self, step: int, state) -> None:
+    if step == self.first:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.logdir)
+      self.running = True
+    elif step == self.last:
+      self.stop(state)
+
+  def stop(self, state) -> None:
+    if self.running:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.running = False
+      logging.info("Profile of %d steps written to %s (tensorboard --logdir %s, Profile tab).",
+                   PROFILE_STEPS, self.logdir, self.logdir)
+
+
+def write_scalars(writer, workdir: str, step: int, scalars: dict,
+                  extra: dict | None = None) -> None:
+  """Scalars to the clu writer (TensorBoard + console) and, on process 0, to metrics.jsonl.
+
+  `extra` goes to metrics.jsonl only (window_steps: how many steps a training record averages;
+  fewer than training.log_every_steps after a resume from a SIGTERM checkpoint).
+  """
   writer.write_scalars(step, scalars)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      f.write(json.dumps({"step": int(step), **scalars, **(extra or {})}) + "\n")
 
 
 def _due(done: int, every: int, last: bool) -> bool:
@@ -312,15 +374,41 @@ def _due(done: int, every: int, last: bool) -> bool:
   return int(every) > 0 and (done % int(every) == 0 or last)
 
 
+def read_metrics(workdir: str) -> list[dict]:
+  """The metrics.jsonl records of a workdir, oldest first; a line cut off by a kill is skipped."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  records, torn = [], 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        record["step"] = int(record["step"])
+      except (ValueError, KeyError, TypeError):
+        torn += 1
+        continue
+      records.append(record)
+  if torn:
+    logging.warning("Skipped %d unreadable line(s) of %s (cut off by a kill?).", torn, path)
+  return records
+
+
 def _truncate_metrics(workdir: str, start_step: int) -> None:
-  """Drops metrics.jsonl records past the resumed step (they are recomputed)."""
+  """Drops metrics.jsonl records past the resumed step (they are recomputed), and torn lines.
+
+  The file is replaced atomically, so a second kill here cannot lose the earlier records.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if jax.process_index() != 0 or not os.path.exists(path):
     return
-  with open(path) as f:
-    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-  with open(path, "w") as f:
-    f.writelines(keep)
+  keep = [r for r in read_metrics(workdir) if r["step"] <= start_step]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in keep)
+  os.replace(tmp, path)
 
 
 def grid_labels(config) -> np.ndarray:

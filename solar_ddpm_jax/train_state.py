@@ -57,6 +57,16 @@ def ema_decay(step, training_config) -> jax.Array:
   return jnp.where(s < warmup, ramped, decay)
 
 
+def check_param_dtype(model_config) -> None:
+  """Training keeps float32 master weights (EMA and Adam moments follow the parameter dtype)."""
+  if jnp.dtype(model_config.param_dtype) != jnp.float32:
+    raise ValueError(
+        f"model.param_dtype={model_config.param_dtype!r}: training needs float32 parameters; in "
+        "bfloat16 an EMA with decay 0.995 cannot move (its updates round away) and the Adam "
+        "moments lose precision. For bfloat16 compute set model.dtype='bfloat16' and keep "
+        "model.param_dtype='float32'.")
+
+
 def ema_update(ema_params, params, decay):
   """ema <- decay * ema + (1 - decay) * params, leaf by leaf in the parameter dtype."""
   return jax.tree.map(

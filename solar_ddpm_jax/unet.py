@@ -13,7 +13,8 @@ Two block styles:
           bilinear up with skip concat, pre-LayerNorm self-attention with a feed-forward after
           the down and up blocks at the attention resolutions, a sinusoidal time embedding (no MLP)
           plus a class embedding, projected by SiLU+Dense into every block. 23,332,737 parameters
-          at 64 px (plus one class-embedding row for the null class).
+          at 64 px (plus one class-embedding row for the learned null class; `faithful` keeps the
+          original's align-corners upsampling and its null class, a zero class embedding).
   modern  residual blocks with GroupNorm and scale/shift conditioning from a time MLP
           (improved-diffusion / ADM style), strided-conv down, nearest+conv up, zero-initialised
           output layers, num_res_blocks per level.
@@ -165,7 +166,7 @@ class UNetFields(nn.Module):
 class PaperUNet(UNetFields):
   """The published architecture, generalised to any widths, levels and attention resolutions."""
   bottleneck_mult: int = 8
-  faithful: bool = False
+  faithful: bool = False  # Align-corners upsampling and a zero (unlearned) null-class embedding.
 
   @nn.compact
   def __call__(self, x, t, labels, train: bool = False):
@@ -177,8 +178,15 @@ class PaperUNet(UNetFields):
     attn = nn.remat(PaperAttention) if self.remat else PaperAttention
 
     emb = timestep_embedding(t, self.time_embed_dim)
-    emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, name="label_emb",
-                         param_dtype=self.param_dtype)(labels).astype(jnp.float32)
+    if self.faithful:  # The original: no null row; the unconditional pass adds no class embedding.
+      known = labels < self.num_classes
+      table = nn.Embed(self.num_classes, self.time_embed_dim, name="label_emb",
+                       param_dtype=self.param_dtype)
+      emb = emb + jnp.where(known[:, None], table(jnp.where(known, labels, 0)),
+                            0.0).astype(jnp.float32)
+    else:
+      emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, name="label_emb",
+                           param_dtype=self.param_dtype)(labels).astype(jnp.float32)
     emb = nn.silu(emb).astype(self.dtype)
 
     def add_emb(h, name):

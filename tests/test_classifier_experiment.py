@@ -47,6 +47,8 @@ def test_experiment_writes_results(tmp_path, fake_data):
   config.classifier.eval_every_steps = 20
   config.classifier.learning_rate = 3e-3
   config.classifier.diffusion_checkpoint = str(tmp_path / "diffusion")
+  os.makedirs(tmp_path / "diffusion")
+  (tmp_path / "diffusion" / "config.json").write_text(config.to_json_best_effort())
   results = experiment.augment_experiment(config, str(tmp_path))
 
   assert len(calls) == 1
@@ -66,6 +68,7 @@ def test_experiment_writes_results(tmp_path, fake_data):
   table = (out / "results.md").read_text()
   assert "| real |" in table and "| synthetic |" in table and "chance: majority" in table
   assert results["arms"]["real"]["summary"]["macro_f1"]["n"] == 1
+  assert saved["settings"]["diffusion_data"]["train_end"] == config.data.train_end
 
   apply_fn, params, meta = classifier.load_classifier(str(tmp_path / "classifier"))
   assert meta["class_names"] == list("ABCMX") and meta["input_shape"] == [16, 16, 1]
@@ -116,3 +119,24 @@ def test_unlabellable_synthetic_arm_fails_before_any_work(tmp_path, fake_data):
   with pytest.raises(ValueError, match="Use the same label"):
     experiment.augment_experiment(config, str(tmp_path))
   assert calls == [] and not (tmp_path / "augment_experiment" / "logs_real_0").exists()
+
+
+def test_diffusion_model_of_other_data_is_refused_before_any_work(tmp_path, fake_data):
+  """A diffusion model trained past this experiment's train_end has seen its validation period."""
+  _, calls = fake_data
+  config = aia171.get_config("test")
+  trained = config.copy_and_resolve_references()
+  trained.data.train_end = config.data.val_end
+  os.makedirs(tmp_path / "diffusion")
+  (tmp_path / "diffusion" / "config.json").write_text(trained.to_json_best_effort())
+  config.classifier.diffusion_checkpoint = str(tmp_path / "diffusion")
+  with pytest.raises(ValueError, match=r"other data.*data\.train_end"):
+    experiment.augment_experiment(config, str(tmp_path))
+  assert calls == [] and not (tmp_path / "augment_experiment" / "logs_real_0").exists()
+
+
+def test_oversampling_and_loss_weights_together_are_refused(tmp_path, fake_data):
+  config = aia171.get_config("test")
+  config.classifier.class_weights = True
+  with pytest.raises(ValueError, match="oversample=False"):
+    experiment.augment_experiment(config, str(tmp_path))

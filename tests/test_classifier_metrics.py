@@ -23,7 +23,9 @@ def test_against_sklearn_with_absent_classes(seed):
   np.testing.assert_allclose([rep["recall"][c] for c in names], r)
   np.testing.assert_allclose([rep["f1"][c] for c in names], f)
   np.testing.assert_array_equal([rep["support"][c] for c in names], s)
-  np.testing.assert_allclose(rep["macro_f1"], skm.f1_score(y_true, y_pred, labels=labels,
+  # Macro over the classes of the truth (A, B, C, X), though M is predicted.
+  assert rep["macro_classes"] == list("ABCX")
+  np.testing.assert_allclose(rep["macro_f1"], skm.f1_score(y_true, y_pred, labels=[0, 1, 2, 4],
                                                            average="macro", zero_division=0))
   np.testing.assert_allclose(rep["accuracy"], skm.accuracy_score(y_true, y_pred))
 
@@ -40,6 +42,23 @@ def test_macro_scores_skip_classes_absent_from_truth_and_predictions(seed):
                              skm.precision_score(y_true, y_pred, average="macro"))
   np.testing.assert_allclose(rep["macro_recall"], skm.recall_score(y_true, y_pred, average="macro"))
   assert rep["f1"]["X"] == 0.0
+
+
+def test_models_scored_on_one_split_share_the_macro_class_set():
+  """Two models with the same number of errors: predicting a class the split lacks costs no more."""
+  y_true = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 10)  # No X in this test period.
+  never_x = y_true.copy()
+  never_x[[0, 10, 20]] = [1, 2, 3]
+  once_x = never_x.copy()
+  once_x[20] = 4  # The same error, predicted as X.
+  a = metrics.classification_report(y_true, never_x, list("ABCMX"))
+  b = metrics.classification_report(y_true, once_x, list("ABCMX"))
+  assert a["macro_classes"] == b["macro_classes"] == list("ABCM")
+  np.testing.assert_allclose(a["macro_f1"], skm.f1_score(y_true, never_x, labels=[0, 1, 2, 3],
+                                                         average="macro"))
+  np.testing.assert_allclose(b["macro_f1"], skm.f1_score(y_true, once_x, labels=[0, 1, 2, 3],
+                                                         average="macro", zero_division=0))
+  assert abs(a["macro_f1"] - b["macro_f1"]) < 0.05  # Not 0.975 against 0.78 (an extra F1 = 0).
 
 
 def test_tss_hss_hand_computed():
@@ -73,4 +92,8 @@ def test_aggregate_over_seeds():
   assert agg["accuracy"]["mean"] == pytest.approx(0.875)
   assert agg["accuracy"]["std"] == pytest.approx(0.125)
   assert agg["recall_>=M"]["mean"] == pytest.approx(0.75)
-  assert "TSS>=M" not in agg  # Two classes: no GOES thresholds by default.
+  # The binary forecast gets the >=M skill scores: TSS 1/2 - 0 and 1 - 0.
+  assert agg["TSS>=M"]["mean"] == pytest.approx(0.75)
+  assert agg["HSS>=M"]["mean"] == pytest.approx((2 * (1 * 2 - 0) / (2 * 3 + 1 * 2) + 1.0) / 2)
+  assert "TSS>=C" not in agg
+  assert "TSS>=M" not in metrics.classification_report([0, 1, 2], [0, 1, 2], list("abc"))

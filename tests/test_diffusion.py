@@ -138,6 +138,19 @@ def test_training_loss_uses_every_timestep_and_drops_labels_per_sample():
     assert x_t[t == t_val].mean() == pytest.approx(np.sqrt(abar[t_val]) * 0.5, abs=0.05)
 
 
+def test_validation_loss_keeps_every_label():
+  """train=False scores the conditional model: no label is swapped for the null class."""
+  s = diffusion.make_schedule(_config(num_timesteps=10))
+  labels = jnp.arange(4000, dtype=jnp.int32) % 5
+  seen = {}
+  diffusion.training_loss(_spy_apply(seen), None, s, jnp.zeros((4000, 2, 2, 1)), labels,
+                          jax.random.key(0), diffusion_config=_config(num_timesteps=10,
+                                                                       label_dropout=0.5),
+                          num_classes=5, train=False)
+  np.testing.assert_array_equal(seen["labels"], labels)
+  assert not seen["train"] and seen["rngs"] is None
+
+
 def test_training_loss_faithful_timesteps_skip_zero_and_l1():
   s = diffusion.make_schedule(_config(num_timesteps=10))
   images = jnp.full((2000, 2, 2, 1), -0.5)

@@ -82,9 +82,29 @@ def test_array_record_reads_the_same(config, tmp_path):
   assert input_pipeline._builder(other).info.file_format.value == "array_record"
   for k in input_pipeline.ARRAY_FIELDS:
     np.testing.assert_array_equal(a[k], b[k])
+  # One shared, read-only copy of a split, however often it is loaded.
+  again = input_pipeline.load_split_arrays(config, "validation")
+  assert again["image"] is a["image"] and not a["image"].flags.writeable
+  with pytest.raises(ValueError, match="read-only"):
+    a["image"][0] = 0.0
 
 
 def test_class_balanced_sampling():
   labels = np.array([0] * 90 + [4] * 10)
   draws = np.concatenate([input_pipeline.epoch_order(100, 0, e, labels=labels) for e in range(20)])
   assert abs((labels[draws] == 4).mean() - 0.5) < 0.05
+
+
+def test_forecast_labels_warn_when_the_split_gap_is_shorter_than_the_window(monkeypatch):
+  warnings = []
+  monkeypatch.setattr(input_pipeline.logging, "warning", lambda *a: warnings.append(a))
+  monkeypatch.setattr(input_pipeline, "_LEAKAGE_WARNED", set())
+  config = aia171.get_config("test")
+  assert input_pipeline.label_field(config) == "flare_class" and not warnings
+  config.data.label = "forecast_class"
+  config.data.split_gap_hours, config.data.forecast_window_hours = 12.0, 24.0
+  assert input_pipeline.label_field(config) == "forecast_class"
+  input_pipeline.label_field(config)
+  assert len(warnings) == 1 and "split_gap_hours=24" in warnings[0][0] % warnings[0][1:]
+  config.data.split_gap_hours = 24.0
+  assert not input_pipeline.warn_forecast_leakage(config.data)

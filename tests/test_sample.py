@@ -115,9 +115,66 @@ def test_sample_images_pads_to_whole_sharded_batches():
 
   labels = np.arange(11, dtype=np.int32) % 5
   out = sample.sample_images(fake_sample_fn, None, labels, seed=0, batch_size=5, mesh=mesh)
-  assert [s for s, _ in seen] == [(8,), (8,)]  # 5 rounded up to the 8 devices; 11 -> 2 batches.
+  assert [s for s, _ in seen] == [(8,), (8,), (8,)]  # Batches of 5, 5, 1, padded to 8 devices.
   assert seen[0][1] == jax.sharding.PartitionSpec(("data", "fsdp"))
   np.testing.assert_array_equal(out[:, 0, 0, 0], labels)
+  with pytest.raises(ValueError, match="not classes 0..4"):
+    sample.sample_images(fake_sample_fn, None, [0, 5], seed=0, batch_size=5, mesh=mesh,
+                         num_classes=5)
+  with pytest.raises(ValueError, match="No labels"):
+    sample.sample_images(fake_sample_fn, None, [], seed=0, batch_size=5, mesh=mesh)
+
+
+def test_same_seed_gives_the_same_images_on_any_number_of_devices():
+  """10 images in batches of 4 on 1, 3 and 8 devices: the batches, keys and noise agree."""
+  from solar_ddpm_jax import diffusion, samplers, unet
+  config = aia171.get_config("test")
+  config.sampling.sampler, config.sampling.num_steps = "ddim", 2
+  apply_fn = train.make_apply_fn(unet.create_model(config.model))
+  schedule = diffusion.make_schedule(config.diffusion)
+  params = jax.tree.map(lambda p: p + 0.05, unet.init_params(config.model, jax.random.key(0)))
+  labels = np.arange(10, dtype=np.int32) % 5
+  outs = []
+  for n in (1, 3, 8):
+    mesh = sharding.create_mesh(None, devices=jax.devices()[:n])
+    fn = samplers.make_sample_fn(apply_fn, schedule, config, mesh)
+    outs.append(sample.sample_images(fn, jax.device_put(params, sharding.replicated(mesh)), labels,
+                                     seed=3, batch_size=4, mesh=mesh, num_classes=5))
+  for other in outs[1:]:
+    np.testing.assert_allclose(other, outs[0], atol=1e-5)
+  assert not np.allclose(outs[0][:4], outs[0][4:8])  # Each batch has its own key.
+
+
+def test_sample_sets_of_other_settings_get_their_own_folders(trained):
+  config, workdir = trained
+  tags = set()
+  for sampler, eta, variance, clip, ema in [("ddim", 0.0, "beta", False, True),
+                                            ("ddim", 1.0, "beta", False, True),
+                                            ("ddpm", 0.0, "beta", False, True),
+                                            ("ddpm", 0.0, "posterior", False, True),
+                                            ("ddpm", 0.0, "beta", True, True),
+                                            ("ddpm", 0.0, "beta", False, False)]:
+    cfg = sample.sampling_config(config, sampler=sampler, num_steps=4)
+    cfg.sampling.eta, cfg.sampling.ddpm_variance = eta, variance
+    cfg.sampling.clip_x0, cfg.sampling.use_ema = clip, ema
+    tags.add(sample.settings_tag(cfg, 2))
+  assert len(tags) == 6
+  assert sample.settings_tag(sample.sampling_config(config, sampler="ddim", num_steps=4),
+                             2) == "step2_ddim_n4_w3_seed0"
+
+
+def test_a_rerun_replaces_the_fits_files_of_the_last(trained):
+  config, workdir = trained
+  cfg = config.copy_and_resolve_references()
+  cfg.sampling.num_steps, cfg.sampling.num_per_class, cfg.sampling.classes = 2, 2, "A,M"
+  out = sample.sample_and_save(cfg, workdir)
+  assert len(os.listdir(os.path.join(out, "fits"))) == 4
+  cfg.sampling.num_per_class, cfg.sampling.classes = 1, "X"
+  assert sample.sample_and_save(cfg, workdir) == out
+  assert sorted(os.listdir(os.path.join(out, "fits"))) == ["X_00000_171.fits"]
+  cfg.sampling.classes = ""
+  with pytest.raises(ValueError, match="at least one of A,B,C,M,X"):
+    sample.sample_and_save(cfg, workdir)
 
 
 def test_parse_classes():

@@ -139,6 +139,37 @@ def test_timestep_grids():
   assert np.all(steps > 0) and steps[:8].std() / steps[:8].mean() < 0.1  # Even in log-SNR.
 
 
+def test_one_step_grids_start_from_pure_noise():
+  """num_steps=1 is one step from t = T-1 (not t = 0, which would return the input noise)."""
+  for spacing in ("time", "logsnr"):
+    np.testing.assert_array_equal(samplers.timestep_grid(ABAR, 1, spacing=spacing), [999])
+  # With the ideal x0 predictor of data N(0.3, 0.5^2), one DDIM step lands on the data mean.
+  abar = np.asarray(ABAR, np.float64)
+
+  def ideal_eps(x, t, labels):
+    a = jnp.asarray(abar, jnp.float32)[t].reshape(-1, 1, 1, 1)
+    x0 = 0.3 + 0.25 * jnp.sqrt(a) * (x - jnp.sqrt(a) * 0.3) / (0.25 * a + 1 - a)
+    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+
+  x_T = jax.random.normal(jax.random.key(0), (256, 2, 2, 1))
+  for sampler in ("ddpm", "ddim", "dpm_solver++"):
+    out = samplers.sample_loop(ideal_eps, ABAR, x_T, jnp.zeros(256, jnp.int32), jax.random.key(1),
+                               sampler=sampler, num_steps=1)
+    assert float(jnp.mean(out)) == pytest.approx(0.3, abs=0.02), sampler
+  with pytest.raises(ValueError, match="num_steps=-1"):
+    samplers.timestep_grid(ABAR, -1)
+
+
+def test_bad_labels_and_eta_are_errors():
+  fn, params = _unet_sample_fn(sharding.create_mesh(None, devices=jax.devices()[:1]), "ddim")
+  for bad in ([0, 6], [5, 1], [-1, 2]):  # NaN images, the null class, the null class wrapped.
+    with pytest.raises(ValueError, match="not classes 0..4"):
+      fn(params, np.asarray(bad, np.int32), jax.random.key(0))
+  with pytest.raises(ValueError, match="eta=1.5"):
+    samplers.sample_loop(lambda x, t, y: x, ABAR, jnp.zeros((1, 2, 2, 1)), jnp.zeros(1, jnp.int32),
+                         jax.random.key(0), sampler="ddim", num_steps=5, eta=1.5)
+
+
 def test_faithful_ddpm_is_the_published_update():
   """From t = T-1 to 1 with x <- (x - beta/sqrt(1-abar) eps)/sqrt(alpha) + sqrt(beta) z."""
   betas = np.linspace(1e-4, 0.02, 20)

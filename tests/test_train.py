@@ -110,3 +110,77 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpointing.latest_step(str(tmp_path)) == 3
   params = checkpointing.restore_params(config, str(tmp_path), ema=False)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def _metrics(workdir):
+  import json
+  import os
+  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_sigterm_keeps_every_steps_metrics_and_checkpoints_carry_eval_losses(tmp_path):
+  """A SIGTERM between log steps writes the partial window; a resume goes on from there.
+
+  Uninterrupted: windows of 4 steps at 4 and 8. Stopped after step 5: windows 1-4, 5 (1 step,
+  written at the SIGTERM), 6-8 (3 steps); their step-weighted means equal the uninterrupted ones.
+  Checkpoints every 3 steps with eval every 100: each checkpoint still gets an eval loss.
+  """
+  import os
+  import signal
+  config = _config(num_train_steps=8, log_every_steps=4, checkpoint_every_steps=3,
+                   eval_every_steps=100, sample_every_steps=0, profile=True)
+  mesh = sharding.create_mesh(config.mesh)
+  good = data.iterator_fn(config, mesh)
+  ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+  train.train_and_evaluate(config, ref_dir, train_iterator_fn=good,
+                           eval_iterator_fn=data.eval_iterator_fn(config, mesh))
+  traces = [f for _, _, files in os.walk(os.path.join(ref_dir, "profile")) for f in files
+            if f.endswith(".xplane.pb")]
+  assert traces  # training.profile wrote a trace.
+
+  def killed_at_step_5(start_step):
+    for step, batch in zip(range(start_step, 10**9), good(start_step), strict=False):
+      if step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  config.training.profile = False
+  with pytest.raises(train.Preempted):
+    train.train_and_evaluate(config, run_dir, train_iterator_fn=killed_at_step_5,
+                             eval_iterator_fn=data.eval_iterator_fn(config, mesh))
+  assert checkpointing.latest_step(run_dir) == 5
+  train.train_and_evaluate(config, run_dir, train_iterator_fn=good,
+                           eval_iterator_fn=data.eval_iterator_fn(config, mesh))
+  ref, run = _metrics(ref_dir), _metrics(run_dir)
+  windows = lambda records: [(r["step"], r["window_steps"]) for r in records if "loss" in r]
+  assert windows(ref) == [(4, 4), (8, 4)]
+  assert windows(run) == [(4, 4), (5, 1), (8, 3)]
+  by_step = lambda records, key: {r["step"]: r[key] for r in records if key in r}
+  ref_loss, run_loss = by_step(ref, "loss"), by_step(run, "loss")
+  assert run_loss[4] == pytest.approx(ref_loss[4], rel=1e-6)
+  assert (run_loss[5] + 3 * run_loss[8]) / 4 == pytest.approx(ref_loss[8], rel=1e-5)
+  evals = by_step(ref, "eval_loss")
+  assert sorted(evals) == [3, 6, 8] and by_step(run, "eval_loss") == pytest.approx(evals)
+
+  config.seed = 1  # Another seed would silently continue a different run.
+  with pytest.raises(ValueError, match="seed 0, this config has seed 1"):
+    train.train_and_evaluate(config, run_dir, train_iterator_fn=good,
+                             eval_iterator_fn=data.eval_iterator_fn(config, mesh))
+
+
+def test_a_torn_metrics_line_does_not_stop_a_resume(tmp_path):
+  import json
+  path = tmp_path / train.METRICS_FILE
+  path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6))
+                  + '{"step": 8, "lo')
+  train._truncate_metrics(str(tmp_path), 4)
+  assert [r["step"] for r in _metrics(str(tmp_path))] == [2, 4]
+  assert not (tmp_path / (train.METRICS_FILE + ".tmp")).exists()
+
+
+def test_training_refuses_bfloat16_master_weights(tmp_path):
+  config = _config(num_train_steps=1)
+  config.model.param_dtype = "bfloat16"
+  with pytest.raises(ValueError, match="model.param_dtype='bfloat16'.*float32 parameters"):
+    train.train_and_evaluate(config, str(tmp_path))

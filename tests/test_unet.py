@@ -43,6 +43,25 @@ def test_paper_preset_has_the_published_parameter_count():
   assert sorted(k for k in params if k.startswith("sa")) == [f"sa{i}" for i in range(1, 7)]
 
 
+def test_faithful_paper_unet_has_the_published_count_and_a_zero_null_embedding():
+  """model.faithful: the original's unconditional pass (y=None) adds no class embedding at all."""
+  config = aia171.get_config("paper")
+  config.model.faithful = True
+  params = jax.eval_shape(lambda k: unet.init_params(config.model, k), jax.random.key(0))
+  assert unet.count_params(params) == PUBLISHED_NUM_PARAMS
+  config = aia171.get_config("test")
+  config.model.block_style, config.model.faithful = "paper", True
+  model = unet.create_model(config.model)
+  x, t, _ = unet.dummy_inputs(config.model, batch=2)
+  params = unet.init_params(config.model, jax.random.key(1))
+  run = lambda p, label: model.apply({"params": p}, x, t, jnp.full((2,), label, jnp.int32))
+  null = run(params, 5)
+  assert not np.allclose(run(params, 0), null, atol=1e-4)
+  zeroed = dict(params, label_emb={"embedding": jnp.zeros_like(params["label_emb"]["embedding"])})
+  for label in (0, 4):  # With a zero class table every class is the null class.
+    np.testing.assert_allclose(run(zeroed, label), null, atol=1e-6)
+
+
 def test_width_and_resolution_are_independent():
   config = aia171.get_config("paper")
   config.model.image_size = 32
@@ -166,6 +185,36 @@ def test_blockwise_backward_with_its_own_tiles_matches_xla():
                          argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(got, ref, strict=True):
     np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_blockwise_attention_of_tokens_the_chunk_does_not_divide():
+  """2304 tokens (48 px) run in chunks of 384 (not one 2304-row chunk) and match numpy."""
+  assert attention.divisor_at_most(2304, 512) == 384
+  assert attention.divisor_at_most(2500, 128) == 125
+  assert attention.backward_chunk(2500, 512) == 125
+  rng = np.random.default_rng(2)
+  q, k, v = (rng.standard_normal((1, 2304, 1, 4)).astype(np.float32) for _ in range(3))
+  out = jax.jit(lambda q, k, v: attention.blockwise_attention(q, k, v, 512))(q, k, v)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v), atol=1e-5)
+  assert attention.resolve("auto", 2304, jnp.float32, 512) == "blockwise"
+
+
+def test_blockwise_attention_in_bfloat16_is_as_accurate_as_xla():
+  """bf16 inputs: the scale and logits stay in float32, so the error is the output rounding."""
+  rng = np.random.default_rng(3)
+  q, k, v, ct = (jnp.asarray(rng.standard_normal((1, 1024, 1, 32)) * s, jnp.bfloat16)
+                 for s in (2.3, 2.3, 1.0, 1.0))  # Logits with a std of about 9.
+  f64 = lambda x: np.asarray(x, np.float64)
+  ref = _numpy_attention(f64(q), f64(k), f64(v))
+  err = lambda impl: np.abs(f64(attention.dot_product_attention(
+      q, k, v, implementation=impl, chunk=256)) - ref)
+  blockwise, xla = err("blockwise"), err("xla")
+  assert blockwise.max() <= xla.max() and np.sqrt((blockwise ** 2).mean()) <= np.sqrt(
+      (xla ** 2).mean())
+  assert attention.blockwise_attention(q, k, v, 256).dtype == jnp.bfloat16
+  grads = jax.grad(lambda q: jnp.sum(attention.blockwise_attention(q, k, v, 256).astype(
+      jnp.float32) * ct.astype(jnp.float32)))(q)
+  assert grads.dtype == jnp.bfloat16
 
 
 def test_auto_attention_is_blockwise_on_cpu_for_long_sequences():

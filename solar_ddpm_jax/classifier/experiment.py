@@ -56,6 +56,47 @@ def generate_synthetic(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(images, np.float32), flare_labels
 
 
+# The config.data settings that decide which frames a model trained on and what its classes mean.
+DIFFUSION_DATA_FIELDS = ("source", "train_end", "val_end", "split_gap_hours", "label", "resolution",
+                         "channels")
+
+
+def check_diffusion_data(config, source: str) -> dict | None:
+  """The diffusion run's data settings (from <source>/config.json), refused unless they match.
+
+  A diffusion model trained with a later data.train_end, say, would generate images learned from
+  the validation or test period: the synthetic arm would see the frames it is scored on. Returns
+  None (with a warning) when the run wrote no config.json.
+  """
+  path = os.path.join(os.path.abspath(source), "config.json")
+  if not os.path.exists(path):
+    logging.warning("No %s: cannot check which data the diffusion model was trained on.", path)
+    return None
+  with open(path) as f:
+    trained = json.load(f).get("data", {})
+  ours = json.loads(config.data.to_json_best_effort())
+  theirs = {k: trained.get(k) for k in DIFFUSION_DATA_FIELDS}
+  differ = {k: (theirs[k], ours.get(k)) for k in DIFFUSION_DATA_FIELDS if theirs[k] != ours.get(k)}
+  if differ:
+    listed = "; ".join(f"data.{k}: diffusion {a!r}, classifier {b!r}"
+                       for k, (a, b) in differ.items())
+    raise ValueError(
+        f"The diffusion model in {source} was trained on other data than this experiment uses "
+        f"({listed}). Its generated images could come from the validation or test period, or "
+        "mean other classes: run the experiment with the diffusion run's data settings, or set "
+        "classifier.diffusion_checkpoint to a model trained on these.")
+  return theirs
+
+
+def check_rebalancing(classifier_config) -> None:
+  """Oversampling and inverse-frequency weights each correct the imbalance: not both at once."""
+  if classifier_config.oversample and classifier_config.class_weights:
+    raise ValueError(
+        "classifier.oversample and classifier.class_weights both correct the class imbalance; "
+        "together they weight the rarest class by its inverse frequency twice over (X about 4x "
+        "A on the demo data). Set --config.classifier.oversample=False to use loss weights.")
+
+
 def _arm_data(arm: str, config, train_images, train_labels, synthetic):
   """(images, labels, train_classifier kwargs) of one arm."""
   cc = config.classifier
@@ -127,10 +168,14 @@ def augment_experiment(config, workdir: str) -> dict:
   names = model_lib.class_names(cc.label)
   out_dir = os.path.join(workdir, OUT_DIR)
   os.makedirs(out_dir, exist_ok=True)
+  diffusion_data = None
+  if "rebalanced" in cc.arms:
+    check_rebalancing(cc)
   if "synthetic" in cc.arms:  # Before hours of training: can the generated images be labelled?
     from solar_ddpm_jax import sample
     synthetic_targets(sample.parse_classes(cc.synthetic_classes),
                       input_pipeline.label_field(config), cc.label)
+    diffusion_data = check_diffusion_data(config, cc.diffusion_checkpoint or workdir)
   splits = load_splits(config)
   ys = {s: train_lib.labels_of(a, cc.label) for s, a in splits.items()}
   synthetic = generate_synthetic(config, workdir) if "synthetic" in cc.arms else None
@@ -169,6 +214,11 @@ def augment_experiment(config, workdir: str) -> dict:
                    "synthetic_steps": int(cc.synthetic_steps),
                    "synthetic_guidance": float(cc.synthetic_guidance),
                    "diffusion_checkpoint": cc.diffusion_checkpoint or workdir,
+                   "diffusion_data": diffusion_data,
+                   "split_gap_hours": float(config.data.split_gap_hours),
+                   "forecast_labels_cross_split_gap": bool(
+                       cc.label.startswith("forecast")
+                       and input_pipeline.warn_forecast_leakage(config.data)),
                    "data_source": config.data.source},
   }
   with open(os.path.join(out_dir, "results.json"), "w") as f:

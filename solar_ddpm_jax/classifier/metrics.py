@@ -55,16 +55,17 @@ def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int
   """All scores of one run as plain JSON-ready numbers.
 
   `thresholds` maps a name (">=M") to the first class index of the event; by default >=M and
-  >=C for five GOES classes and none otherwise.
+  >=C for five GOES classes, >=M for the binary forecast (<M, >=M), none otherwise.
   """
   class_names = list(class_names)
   k = len(class_names)
   cm = confusion_matrix(y_true, y_pred, k)
   scores = per_class_scores(cm)
-  # Macro averages over the classes that occur in the truth or the predictions (scikit-learn's
-  # labels=None): a class absent from both, e.g. no X flares in a test period, would otherwise
-  # count as F1 = 0 and cap the macro score.
-  seen = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+  # Macro averages over the classes that occur in the truth: one fixed set for every model
+  # scored on a split, so arms, seeds and checkpoints compare. A class absent from the split
+  # (no X flares in a test period) would otherwise count as F1 = 0 for exactly the models that
+  # ever predict it. (scikit-learn's labels=None also counts predicted-only classes.)
+  seen = cm.sum(axis=1) > 0
   macro = lambda v: float(np.mean(v[seen])) if seen.any() else 0.0
   report = {
       "class_names": class_names,
@@ -79,7 +80,12 @@ def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int
     report[name] = {c: float(v) for c, v in zip(class_names, scores[name], strict=True)}
   report["support"] = {c: int(v) for c, v in zip(class_names, scores["support"], strict=True)}
   if thresholds is None:
-    thresholds = {">=M": 3, ">=C": 2} if k == 5 else {}
+    if k == 5:
+      thresholds = {">=M": 3, ">=C": 2}
+    elif class_names == ["<M", ">=M"]:
+      thresholds = {">=M": 1}
+    else:
+      thresholds = {}
   for name, first in thresholds.items():
     table = binary_contingency(y_true, y_pred, first)
     report[f"TSS{name}"] = tss(**table)
