@@ -346,7 +346,8 @@ def to_flax_params(model: UNetConditional, paths: dict | None = None, heads: int
 
   `paths` maps torch module names to Flax paths (default FLAX_PATHS). With `null_row`, the class
   embedding gets a zero row for the null class: the Flax model's unconditional pass then equals
-  the torch model called with y=None (no class embedding added).
+  the torch model called with y=None (no class embedding added). The faithful Flax model
+  (model.faithful=True) has no null row and adds nothing for the null class: null_row=False.
   """
   paths = FLAX_PATHS if paths is None else paths
   sd = model.state_dict()

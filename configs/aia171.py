@@ -126,7 +126,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   training.sample_steps = 50  # Steps of sampling.sampler in the periodic sample grids.
   training.grid_per_class = 4  # Images per flare class (one row each) in the periodic grids.
   training.eval_batches = 4  # Validation batches per eval (fixed noise keys: comparable evals).
-  training.profile = False  # jax.profiler trace of steps 3-7 into <workdir>/profile.
+  training.profile = False  # A jax.profiler trace of 5 steps (after 3) in <workdir>/profile.
 
   # ------------------------------------------------------------------------------- sampling
   sampling = config.sampling = ml_collections.ConfigDict()

@@ -64,9 +64,11 @@ def blockwise_attention(q, k, v, chunk: int = 512):
   no divisor of at least chunk / 8 runs as one chunk (still the memory-lean backward).
   """
   b, t, n, d = q.shape
+  if chunk < 1:
+    raise ValueError(f"model.attention_chunk={chunk}: give a positive number of query rows.")
   dtype = q.dtype
   rows = divisor_at_most(t, chunk)
-  if t <= chunk or rows < chunk // 8:
+  if t <= chunk or rows < max(2, chunk // 8):
     rows = t
   merge = lambda x: jnp.asarray(x, jnp.float32).transpose(0, 2, 1, 3).reshape(b * n, t, d)
   out = _flash(merge(q) * (d ** -0.5), merge(k), merge(v), rows)

@@ -339,6 +339,14 @@ def create_train_iterator(config, mesh, *, split: str = "train", start_step: int
   """Endless iterator of {"image": [B,R,R,C] float32, "label": [B] int32} global jax.Arrays,
   batch-sharded over the mesh; batch k depends only on (config.seed, split, k)."""
   arrays = load_split_arrays(config, split)
+  labels = arrays[label_field(config)]
+  num_classes = int(config.model.num_classes)
+  outside = sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))
+  if outside:
+    raise ValueError(
+        f"The {split} split of {config.data.get('data_dir') or 'the TFDS data dir'} has "
+        f"{label_field(config)} labels {outside} outside 0..{num_classes - 1}; "
+        f"model.num_classes={num_classes} must cover every class.")
 
   def batches():
     step = int(start_step)

@@ -94,7 +94,7 @@ def to_dn_per_s(images, data_config) -> np.ndarray:
 
 def fits_header(*, resolution: int, wavelength_a: int, flare_class: str, guidance_scale: float,
                 sampler: str, num_steps: int, seed: int, checkpoint_step: int, index: int,
-                preset: str = ""):
+                preset: str = "", batch_size: int = 0):
   """An AIA-like header for a synthetic full-disc image of `resolution` px (sunpy reads it)."""
   from astropy.io import fits
   h = fits.Header()
@@ -132,6 +132,7 @@ def fits_header(*, resolution: int, wavelength_a: int, flare_class: str, guidanc
       ("SAMPLER", sampler, "Diffusion sampler"),
       ("NSTEPS", int(num_steps), "Sampler steps"),
       ("SEED", int(seed), "Sampling seed"),
+      ("BATCHSZ", int(batch_size), "Sampling batch size (with SEED, sets the noise)"),
       ("CKPTSTEP", int(checkpoint_step), "Training step of the checkpoint"),
       ("SAMPIDX", int(index), "Index of the image in its sample set"),
       ("PRESET", preset, "Model configuration preset"),

@@ -146,12 +146,13 @@ def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, se
 def settings_tag(cfg, step: int) -> str:
   """Folder name that says how a sample set was made: every setting that changes the images.
 
-  step, sampler, steps, guidance and seed always; then, where they apply and differ from the
-  defaults, DDIM's eta, DDPM's posterior variance, x0 clipping and the raw (non-EMA) weights.
+  step, sampler, steps, guidance, seed and batch size (batch i draws its noise from
+  fold_in(seed, i)) always; then, where they apply and differ from the defaults, DDIM's eta,
+  DDPM's posterior variance, x0 clipping and the raw (non-EMA) weights.
   """
   s = cfg.sampling
   tag = (f"step{step}_{s.sampler}_n{int(s.num_steps)}_w{float(s.guidance_scale):g}"
-         f"_seed{int(s.seed)}")
+         f"_seed{int(s.seed)}_b{int(s.batch_size)}")
   if s.sampler == "ddim" and float(s.eta) != 0.0:
     tag += f"_eta{float(s.eta):g}"
   if s.sampler == "ddpm" and s.ddpm_variance != "beta":
@@ -180,6 +181,7 @@ def sample_and_save(config, workdir: str) -> str:
   s = cfg.sampling
   settings = {"sampler": s.sampler, "num_steps": int(s.num_steps),
               "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
+              "batch_size": int(s.batch_size),
               "eta": float(s.eta), "ddpm_variance": s.ddpm_variance, "clip_x0": bool(s.clip_x0),
               "use_ema": bool(s.use_ema), "checkpoint_step": step, "preset": cfg.preset,
               "resolution": int(cfg.data.resolution), "channels": list(cfg.data.channels),
@@ -205,7 +207,7 @@ def sample_and_save(config, workdir: str) -> str:
             resolution=img.shape[0], wavelength_a=int(wavelength),
             flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
             sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
-            checkpoint_step=step, index=i, preset=cfg.preset)
+            checkpoint_step=step, index=i, preset=cfg.preset, batch_size=int(s.batch_size))
         outputs.write_fits(os.path.join(fits_dir, f"{FLARE_CLASSES[label]}_{i:05d}_"
                                         f"{int(wavelength)}.fits"), img[..., c], header)
   logging.info("Wrote %d samples (%s) to %s.", len(labels), settings_tag(cfg, step), out_dir)

@@ -26,7 +26,7 @@ from solar_ddpm_jax import FLARE_CLASSES, sharding, train_state
 
 NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
 METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
-PROFILE_FIRST, PROFILE_STEPS = 3, 5  # training.profile: steps 3..7 of a run (after compiling).
+PROFILE_FIRST, PROFILE_STEPS = 3, 5  # training.profile: 5 steps after the first 3 (compiling).
 SIGTERM_SYNC_STEPS = 100  # Multi-process: SIGTERM is agreed on at log steps, or this often.
 
 
@@ -270,12 +270,11 @@ def train_and_evaluate(config, workdir: str, *,
     write_scalars(writer, workdir, done, summarize_metrics(pending),
                   extra={"window_steps": len(pending)})
 
-  profiler = _Profiler(workdir, start_step) if tc.get("profile", False) else None
+  profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
   pending, pending_start = [], start_step
-  with _SigtermFlag() as sigterm:
+  with _SigtermFlag() as sigterm, profiler:
     for step in range(start_step, num_steps):
-      if profiler is not None:
-        profiler.before(step, state)
+      profiler.before(step, state)
       batch = next(train_iterator)
       state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
       pending.append(metrics)
@@ -285,10 +284,11 @@ def train_and_evaluate(config, workdir: str, *,
       if _due(done, tc.log_every_steps, last):
         log_window(done)
         pending, pending_start = [], done
-      eval_metrics = run_eval(done) if _due(done, tc.eval_every_steps, last) else None
+      eval_ran = _due(done, tc.eval_every_steps, last)
+      eval_metrics = run_eval(done) if eval_ran else None
       checkpoint_due = last or _due(done, tc.checkpoint_every_steps, False)
       if checkpoint_due:
-        if eval_metrics is None and int(tc.eval_every_steps) > 0:
+        if not eval_ran and int(tc.eval_every_steps) > 0:
           eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best is kept).
         check_finite(pending, pending_start, manager)
         if int(tc.log_every_steps) <= 0:  # Nothing else empties the window: checked, dropped.
@@ -307,15 +307,15 @@ def train_and_evaluate(config, workdir: str, *,
       sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
                     or (int(tc.log_every_steps) <= 0 and done % SIGTERM_SYNC_STEPS == 0))
       if not last and sigterm.requested(at_sync_point=sync_point):
-        if pending:  # The partial log window, so that no step's metrics are lost.
+        if pending and int(tc.log_every_steps) > 0:  # The partial window: no step's metrics lost.
           log_window(done)
+        check_finite(pending, pending_start, manager)
         checkpointing.save(manager, state, data_seed=config.seed, force=True,
                            batch_size=int(tc.batch_size))
         manager.wait_until_finished()
         writer.flush()
         logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
         raise Preempted(143)
-  if profiler is not None:
     profiler.stop(state)
   manager.wait_until_finished()
   manager.close()
@@ -326,12 +326,14 @@ def train_and_evaluate(config, workdir: str, *,
 class _Profiler:
   """training.profile: a jax.profiler trace of PROFILE_STEPS steps, for TensorBoard's profile tab.
 
-  Starts before step start_step + PROFILE_FIRST (compilation is over by then) and stops after
-  PROFILE_STEPS steps have finished on the device. Traces go to <workdir>/profile (one folder per
-  process in multi-process jobs).
+  Starts before step start_step + PROFILE_FIRST (the third step of this run or resume, when
+  compilation is over) and stops after PROFILE_STEPS steps have finished on the device, or when
+  the run stops early (SIGTERM, NaN): the trace is written either way. Traces go to
+  <workdir>/profile (one folder per process in multi-process jobs).
   """
 
-  def __init__(self, workdir: str, start_step: int):
+  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+    self.enabled = enabled
     self.first = start_step + PROFILE_FIRST
     self.last = self.first + PROFILE_STEPS
     self.logdir = os.path.join(workdir, "profile")
@@ -339,7 +341,18 @@ class _Profiler:
       self.logdir = os.path.join(self.logdir, f"process_{jax.process_index()}")
     self.running = False
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.running:  # Stopped early: keep the trace of the steps so far.
+      jax.profiler.stop_trace()
+      self.running = False
+      logging.info("Profile (cut short) written to %s.", self.logdir)
+
   def before(self, step: int, state) -> None:
+    if not self.enabled:
+      return
     if step == self.first:
       jax.block_until_ready(state)
       jax.profiler.start_trace(self.logdir)

@@ -179,11 +179,11 @@ class PaperUNet(UNetFields):
 
     emb = timestep_embedding(t, self.time_embed_dim)
     if self.faithful:  # The original: no null row; the unconditional pass adds no class embedding.
-      known = labels < self.num_classes
+      null = labels == self.num_classes  # Labels above it still look up NaN, as without faithful.
       table = nn.Embed(self.num_classes, self.time_embed_dim, name="label_emb",
                        param_dtype=self.param_dtype)
-      emb = emb + jnp.where(known[:, None], table(jnp.where(known, labels, 0)),
-                            0.0).astype(jnp.float32)
+      emb = emb + jnp.where(null[:, None], 0.0, table(jnp.where(null, 0, labels))
+                            ).astype(jnp.float32)
     else:
       emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, name="label_emb",
                            param_dtype=self.param_dtype)(labels).astype(jnp.float32)

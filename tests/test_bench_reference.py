@@ -53,7 +53,7 @@ def test_flax_paper_unet_matches_the_reference_with_copied_weights():
   config = _flax_paper_config()
   torch.manual_seed(0)
   reference = torch_reference.UNetConditional(image_size=SIZE).eval()
-  params = torch_reference.to_flax_params(reference)
+  params = torch_reference.to_flax_params(reference, null_row=False)  # Faithful: y=None adds 0.
   expected = jax.eval_shape(lambda k: unet.init_params(config.model, k), jax.random.key(0))
   got_paths = {jax.tree_util.keystr(p): np.shape(v)
                for p, v in jax.tree_util.tree_leaves_with_path(params)}

@@ -41,6 +41,7 @@ def test_sample_and_save_writes_npz_grid_and_fits(trained):
   settings = json.loads(str(npz["settings"]))
   assert settings["sampler"] == config.sampling.sampler and settings["checkpoint_step"] == 2
   assert settings["guidance_scale"] == config.sampling.guidance_scale
+  assert settings["batch_size"] == config.sampling.batch_size
   assert np.all(np.isfinite(npz["images_dn_per_s"])) and np.all(npz["images_dn_per_s"] >= 0)
   assert os.path.getsize(os.path.join(out_dir, "grid.png")) > 0
 
@@ -54,6 +55,7 @@ def test_sample_and_save_writes_npz_grid_and_fits(trained):
     assert m.meta["sampler"] == config.sampling.sampler
     assert m.meta["nsteps"] == config.sampling.num_steps
     assert m.meta["seed"] == config.sampling.seed and m.meta["ckptstep"] == 2
+    assert m.meta["batchsz"] == config.sampling.batch_size
     assert m.meta["synthetc"] is True
     assert m.unit == u.DN / u.s and m.wavelength == 171 * u.angstrom
     assert m.scale.axis1.to_value(u.arcsec / u.pix) == pytest.approx(0.6 * 4096 / res)
@@ -148,19 +150,20 @@ def test_same_seed_gives_the_same_images_on_any_number_of_devices():
 def test_sample_sets_of_other_settings_get_their_own_folders(trained):
   config, workdir = trained
   tags = set()
-  for sampler, eta, variance, clip, ema in [("ddim", 0.0, "beta", False, True),
-                                            ("ddim", 1.0, "beta", False, True),
-                                            ("ddpm", 0.0, "beta", False, True),
-                                            ("ddpm", 0.0, "posterior", False, True),
-                                            ("ddpm", 0.0, "beta", True, True),
-                                            ("ddpm", 0.0, "beta", False, False)]:
+  for sampler, eta, variance, clip, ema, batch in [("ddim", 0.0, "beta", False, True, 8),
+                                                   ("ddim", 1.0, "beta", False, True, 8),
+                                                   ("ddim", 0.0, "beta", False, True, 4),
+                                                   ("ddpm", 0.0, "beta", False, True, 8),
+                                                   ("ddpm", 0.0, "posterior", False, True, 8),
+                                                   ("ddpm", 0.0, "beta", True, True, 8),
+                                                   ("ddpm", 0.0, "beta", False, False, 8)]:
     cfg = sample.sampling_config(config, sampler=sampler, num_steps=4)
     cfg.sampling.eta, cfg.sampling.ddpm_variance = eta, variance
-    cfg.sampling.clip_x0, cfg.sampling.use_ema = clip, ema
+    cfg.sampling.clip_x0, cfg.sampling.use_ema, cfg.sampling.batch_size = clip, ema, batch
     tags.add(sample.settings_tag(cfg, 2))
-  assert len(tags) == 6
+  assert len(tags) == 7
   assert sample.settings_tag(sample.sampling_config(config, sampler="ddim", num_steps=4),
-                             2) == "step2_ddim_n4_w3_seed0"
+                             2) == "step2_ddim_n4_w3_seed0_b8"
 
 
 def test_a_rerun_replaces_the_fits_files_of_the_last(trained):

@@ -145,11 +145,13 @@ def test_sigterm_keeps_every_steps_metrics_and_checkpoints_carry_eval_losses(tmp
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  config.training.profile = False
-  with pytest.raises(train.Preempted):
+  with pytest.raises(train.Preempted):  # Inside the profile window: the trace is still written.
     train.train_and_evaluate(config, run_dir, train_iterator_fn=killed_at_step_5,
                              eval_iterator_fn=data.eval_iterator_fn(config, mesh))
   assert checkpointing.latest_step(run_dir) == 5
+  assert any(f.endswith(".xplane.pb") for _, _, files in os.walk(os.path.join(run_dir, "profile"))
+             for f in files)
+  config.training.profile = False
   train.train_and_evaluate(config, run_dir, train_iterator_fn=good,
                            eval_iterator_fn=data.eval_iterator_fn(config, mesh))
   ref, run = _metrics(ref_dir), _metrics(run_dir)
