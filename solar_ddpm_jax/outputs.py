@@ -94,7 +94,7 @@ def to_dn_per_s(images, data_config) -> np.ndarray:
 
 def fits_header(*, resolution: int, wavelength_a: int, flare_class: str, guidance_scale: float,
                 sampler: str, num_steps: int, seed: int, checkpoint_step: int, index: int,
-                preset: str = "", batch_size: int = 0):
+                preset: str = "", batch_size: int = 0, grid_steps: int | None = None):
   """An AIA-like header for a synthetic full-disc image of `resolution` px (sunpy reads it)."""
   from astropy.io import fits
   h = fits.Header()
@@ -130,7 +130,9 @@ def fits_header(*, resolution: int, wavelength_a: int, flare_class: str, guidanc
       ("FLARECLS", flare_class, "GOES flare class requested (condition)"),
       ("GUIDANCE", float(guidance_scale), "Classifier-free guidance scale w"),
       ("SAMPLER", sampler, "Diffusion sampler"),
-      ("NSTEPS", int(num_steps), "Sampler steps"),
+      ("NSTEPS", int(num_steps), "Sampler steps requested"),
+      ("NGRID", int(num_steps if grid_steps is None else grid_steps),
+       "Sampler steps taken (timestep grid points)"),
       ("SEED", int(seed), "Sampling seed"),
       ("BATCHSZ", int(batch_size), "Sampling batch size (with SEED, sets the noise)"),
       ("CKPTSTEP", int(checkpoint_step), "Training step of the checkpoint"),

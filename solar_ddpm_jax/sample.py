@@ -179,7 +179,11 @@ def sample_and_save(config, workdir: str) -> str:
     return out_dir
   os.makedirs(out_dir, exist_ok=True)
   s = cfg.sampling
-  settings = {"sampler": s.sampler, "num_steps": int(s.num_steps),
+  from solar_ddpm_jax import diffusion, samplers
+  grid_steps = len(samplers.sampler_grid(
+      s.sampler, diffusion.make_schedule(cfg.diffusion).alphas_cumprod, int(s.num_steps),
+      bool(cfg.diffusion.faithful_timesteps)))
+  settings = {"sampler": s.sampler, "num_steps": int(s.num_steps), "grid_steps": grid_steps,
               "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
               "batch_size": int(s.batch_size),
               "eta": float(s.eta), "ddpm_variance": s.ddpm_variance, "clip_x0": bool(s.clip_x0),
@@ -207,7 +211,8 @@ def sample_and_save(config, workdir: str) -> str:
             resolution=img.shape[0], wavelength_a=int(wavelength),
             flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
             sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
-            checkpoint_step=step, index=i, preset=cfg.preset, batch_size=int(s.batch_size))
+            checkpoint_step=step, index=i, preset=cfg.preset, batch_size=int(s.batch_size),
+            grid_steps=grid_steps)
         outputs.write_fits(os.path.join(fits_dir, f"{FLARE_CLASSES[label]}_{i:05d}_"
                                         f"{int(wavelength)}.fits"), img[..., c], header)
   logging.info("Wrote %d samples (%s) to %s.", len(labels), settings_tag(cfg, step), out_dir)

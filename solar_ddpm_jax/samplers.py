@@ -58,6 +58,14 @@ def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
   return np.unique(grid)[::-1].copy()
 
 
+def sampler_grid(sampler: str, alphas_cumprod, num_steps: int,
+                 faithful: bool = False) -> np.ndarray:
+  """The timesteps `sampler` visits for num_steps (one network pass per point, batched with the
+  guidance branch). DPM-Solver++'s log-SNR grid can hold fewer points than asked for."""
+  return timestep_grid(alphas_cumprod, num_steps, faithful=faithful,
+                       spacing="logsnr" if sampler == "dpm_solver++" else "time")
+
+
 def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float = 1.0,
                       eta: float = 0.0, ddpm_variance: str = "beta") -> dict[str, np.ndarray]:
   """Per-step arrays [S] (float64) of a sampler on a timestep grid; computed once in numpy.
@@ -135,8 +143,7 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
   if sampler == "ddim" and not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"sampling.eta={eta}: DDIM's eta is in [0, 1] (0 deterministic, 1 DDPM-like).")
   abar_all = np.asarray(alphas_cumprod, np.float64)
-  grid = timestep_grid(abar_all, num_steps, faithful=faithful,
-                       spacing="logsnr" if sampler == "dpm_solver++" else "time")
+  grid = sampler_grid(sampler, abar_all, num_steps, faithful)
   coefs = grid_coefficients(sampler, abar_all, grid, final_abar=abar_all[0] if faithful else 1.0,
                             eta=eta, ddpm_variance=ddpm_variance)
   xs = {k: jnp.asarray(v, jnp.float32) for k, v in coefs.items()}

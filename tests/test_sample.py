@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import aia171
-from solar_ddpm_jax import FLARE_CLASSES, sample, sharding, train
+from solar_ddpm_jax import FLARE_CLASSES, diffusion, sample, samplers, sharding, train
 from tests._helpers import data
 
 
@@ -42,6 +42,9 @@ def test_sample_and_save_writes_npz_grid_and_fits(trained):
   assert settings["sampler"] == config.sampling.sampler and settings["checkpoint_step"] == 2
   assert settings["guidance_scale"] == config.sampling.guidance_scale
   assert settings["batch_size"] == config.sampling.batch_size
+  assert settings["grid_steps"] == len(samplers.timestep_grid(
+      diffusion.make_schedule(config.diffusion).alphas_cumprod, config.sampling.num_steps,
+      spacing="logsnr" if config.sampling.sampler == "dpm_solver++" else "time"))
   assert np.all(np.isfinite(npz["images_dn_per_s"])) and np.all(npz["images_dn_per_s"] >= 0)
   assert os.path.getsize(os.path.join(out_dir, "grid.png")) > 0
 
@@ -56,6 +59,7 @@ def test_sample_and_save_writes_npz_grid_and_fits(trained):
     assert m.meta["nsteps"] == config.sampling.num_steps
     assert m.meta["seed"] == config.sampling.seed and m.meta["ckptstep"] == 2
     assert m.meta["batchsz"] == config.sampling.batch_size
+    assert m.meta["ngrid"] == settings["grid_steps"]
     assert m.meta["synthetc"] is True
     assert m.unit == u.DN / u.s and m.wavelength == 171 * u.angstrom
     assert m.scale.axis1.to_value(u.arcsec / u.pix) == pytest.approx(0.6 * 4096 / res)
@@ -129,7 +133,7 @@ def test_sample_images_pads_to_whole_sharded_batches():
 
 def test_same_seed_gives_the_same_images_on_any_number_of_devices():
   """10 images in batches of 4 on 1, 3 and 8 devices: the batches, keys and noise agree."""
-  from solar_ddpm_jax import diffusion, samplers, unet
+  from solar_ddpm_jax import unet
   config = aia171.get_config("test")
   config.sampling.sampler, config.sampling.num_steps = "ddim", 2
   apply_fn = train.make_apply_fn(unet.create_model(config.model))

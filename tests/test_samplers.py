@@ -131,6 +131,9 @@ def test_timestep_grids():
   np.testing.assert_array_equal(samplers.timestep_grid(ABAR, 1000), np.arange(999, -1, -1))
   np.testing.assert_array_equal(samplers.timestep_grid(ABAR, 0, faithful=True),
                                 np.arange(999, 0, -1))
+  # DPM-Solver++'s log-SNR grid merges duplicate integer timesteps: 50 asked, 49 taken.
+  assert len(samplers.sampler_grid("dpm_solver++", ABAR, 50)) == 49
+  assert len(samplers.sampler_grid("ddim", ABAR, 50)) == 50
   logsnr = samplers.timestep_grid(ABAR, 20, spacing="logsnr")
   assert logsnr[0] == 999 and logsnr[-1] == 0 and 15 <= len(logsnr) <= 20
   abar = np.asarray(ABAR, np.float64)[logsnr]
