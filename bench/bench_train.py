@@ -147,12 +147,12 @@ def _case_args(args, framework: str, preset: str, batch: int, attention: str = "
 
 def _jax_variants(args, preset: str) -> list[tuple[str, str, str]]:
   """(attention, remat, convolutions) of the JAX rows of `preset`; the first is the default."""
-  attentions = args.attentions if preset == "paper" else ["auto"]
+  attentions = args.attentions if preset == "paper" else args.attentions[:1]
   out = [(a, args.remats[0], args.convs[0]) for a in attentions]
   preset_remat = bool(common.bench_config(preset).model.remat)
-  out += [("auto", r, args.convs[0]) for r in args.remats[1:]
+  out += [(attentions[0], r, args.convs[0]) for r in args.remats[1:]
           if r != "preset" and (r == "on") != preset_remat]  # Not a copy of the first row.
-  out += [("auto", args.remats[0], c) for c in args.convs[1:]]
+  out += [(attentions[0], args.remats[0], c) for c in args.convs[1:]]
   return out
 
 

@@ -22,9 +22,13 @@ CASE_MARK = "BENCH_CASE_RESULT "  # Prefix of the JSON line a case subprocess pr
 # Dense peak throughput (FLOP/s, no sparsity) of the accelerators the MFU figures are given for.
 # float32 is the TF32 tensor-core peak: XLA's default precision for float32 dots and convolutions
 # on these GPUs, and cuDNN's for torch's convolutions (the plain fp32 units: 67 TFLOP/s on H100).
+# Device names are matched longest key first ("H100 PCIe" before "H100").
 PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12},
+    "H100 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12},
+    "H200 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12},
     "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},  # SXM.
-    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},  # SXM.
     "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
 }
 
@@ -205,11 +209,20 @@ def jax_train_setup(config, mesh):
 def jax_model_flops(config, mesh, batch: int) -> float | None:
   """Model FLOPs of one train step of `config`: XLA's cost analysis of the step lowered (not
   compiled) with attention "xla" and remat off, so every FLOP is a plain dot or convolution that
-  the analysis counts once (loops count their body once; custom calls are not counted)."""
+  the analysis counts once (loops count their body once; custom calls are not counted).
+
+  The step is lowered for one CPU device, not for `mesh`: Lowered.cost_analysis() is None on
+  PJRT C API backends (the CUDA plugin), and the count depends on the architecture and batch only.
+  `mesh` is the fallback where JAX has no CPU backend.
+  """
   import jax
   import jax.numpy as jnp
   sys.path.insert(0, REPO)
-  from solar_ddpm_jax import diffusion, train, train_state, unet
+  from solar_ddpm_jax import diffusion, sharding, train, train_state, unet
+  try:
+    mesh = sharding.create_mesh(None, devices=jax.devices("cpu")[:1])
+  except RuntimeError:  # JAX_PLATFORMS without cpu.
+    pass
   plain = config.copy_and_resolve_references()
   with plain.unlocked():
     plain.model.attention_impl = "xla"
@@ -240,7 +253,7 @@ def jax_cost_flops(compiled) -> float | None:
 
 def peak_flops_of(device_name: str, dtype: str) -> tuple[float | None, str]:
   """(peak FLOP/s, device name) for a device named `device_name` (None on CPU/unknown)."""
-  for name, peaks in PEAK_FLOPS.items():
+  for name, peaks in sorted(PEAK_FLOPS.items(), key=lambda item: -len(item[0])):
     if name in device_name:
       return peaks.get(dtype), device_name
   return None, device_name
