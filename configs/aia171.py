@@ -175,7 +175,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   classifier.learning_rate = 1e-3  # AdamW peak learning rate.
   classifier.weight_decay = 1e-4  # AdamW weight decay.
   classifier.seeds = (0, 1, 2)  # Seeds of each arm of the experiment.
-  classifier.arms = ("real", "rebalanced", "synthetic")  # Arms of the augmentation experiment.
+  classifier.arms = ("real", "rebalanced", "synthetic")  # Experiment arms (or "augmented").
   classifier.num_synthetic_per_class = 500  # Generated images added per minority class.
   classifier.synthetic_classes = "M,X"  # Classes that receive generated images.
   classifier.diffusion_checkpoint = ""  # Workdir of the diffusion model; "" = this workdir.

@@ -135,6 +135,26 @@ def test_diffusion_model_of_other_data_is_refused_before_any_work(tmp_path, fake
   assert calls == [] and not (tmp_path / "augment_experiment" / "logs_real_0").exists()
 
 
+def test_augmented_arm_trains_on_the_real_images_with_augmentation_only(tmp_path, fake_data,
+                                                                         monkeypatch):
+  from solar_ddpm_jax.classifier import train as train_lib
+  seen = []
+  real_train = train_lib.train_classifier
+  monkeypatch.setattr(train_lib, "train_classifier",
+                      lambda *a, **k: seen.append(k) or real_train(*a, **k))
+  config = aia171.get_config("test")
+  config.classifier.num_train_steps, config.classifier.eval_every_steps = 4, 2
+  config.classifier.arms = ("augmented",)
+  results = experiment.augment_experiment(config, str(tmp_path))
+  assert set(results["arms"]) == {"augmented"}
+  assert "oversample" not in seen[0] and "class_weights" not in seen[0]
+  assert seen[0]["augment"]["max_rotation_deg"] == config.classifier.max_rotation_deg
+  assert results["arms"]["augmented"]["runs"][0]["num_train_images"] == 96
+  config.classifier.arms = ("real", "mixup")
+  with pytest.raises(ValueError, match="Unknown classifier.arms"):
+    experiment.augment_experiment(config, str(tmp_path))
+
+
 def test_oversampling_and_loss_weights_together_are_refused(tmp_path, fake_data):
   config = aia171.get_config("test")
   config.classifier.class_weights = True

@@ -23,7 +23,9 @@ from solar_ddpm_jax.classifier import metrics as metrics_lib
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
 
-ARMS = ("real", "rebalanced", "synthetic")
+# "augmented" (the real images with the rebalanced arm's augmentation, no rebalancing) separates
+# what rebalancing does from what the augmentation does; not in the default arms.
+ARMS = ("real", "rebalanced", "synthetic", "augmented")
 OUT_DIR = "augment_experiment"
 
 
@@ -105,6 +107,8 @@ def _arm_data(arm: str, config, train_images, train_labels, synthetic):
                  flip_ns=bool(cc.flip_ns))
   if arm == "real":
     return train_images, train_labels, {}
+  if arm == "augmented":
+    return train_images, train_labels, {"augment": augment}
   if arm == "rebalanced":
     kwargs = {"oversample": bool(cc.oversample), "augment": augment}
     if cc.class_weights:
@@ -168,6 +172,9 @@ def augment_experiment(config, workdir: str) -> dict:
   names = model_lib.class_names(cc.label)
   out_dir = os.path.join(workdir, OUT_DIR)
   os.makedirs(out_dir, exist_ok=True)
+  unknown = [arm for arm in cc.arms if arm not in ARMS]
+  if unknown:
+    raise ValueError(f"Unknown classifier.arms {unknown}; choose from {ARMS}.")
   diffusion_data = None
   if "rebalanced" in cc.arms:
     check_rebalancing(cc)
