@@ -175,8 +175,10 @@ def main():
                   help="configs/aia171.py presets (default paper,res128,res256; quick paper)")
   ap.add_argument("--preset", default="paper", help=argparse.SUPPRESS)
   ap.add_argument("--attention", default=None,
-                  help="JAX attention implementations of the paper preset: auto, xla, blockwise, "
-                       "cudnn, off (default auto,xla,blockwise,off; quick auto)")
+                  help="JAX attention implementations, comma-separated: auto, xla, blockwise, "
+                       "cudnn, off; one row each for the paper preset, the first one alone for "
+                       "the others and the remat rows (default auto,xla,blockwise,off; quick "
+                       "auto)")
   ap.add_argument("--remat", default="preset",
                   help="JAX remat settings, comma-separated: preset, on, off (extra rows)")
   ap.add_argument("--cpu_convolutions", default=None,

@@ -335,6 +335,10 @@ def _prefetch(generator, size: int):
     stop.set()
 
 
+class LabelRangeError(Exception):
+  """A split holds labels outside 0..model.num_classes-1 (not a ValueError: training stops)."""
+
+
 def create_train_iterator(config, mesh, *, split: str = "train", start_step: int = 0):
   """Endless iterator of {"image": [B,R,R,C] float32, "label": [B] int32} global jax.Arrays,
   batch-sharded over the mesh; batch k depends only on (config.seed, split, k)."""
@@ -343,7 +347,7 @@ def create_train_iterator(config, mesh, *, split: str = "train", start_step: int
   num_classes = int(config.model.num_classes)
   outside = sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))
   if outside:
-    raise ValueError(
+    raise LabelRangeError(
         f"The {split} split of {config.data.get('data_dir') or 'the TFDS data dir'} has "
         f"{label_field(config)} labels {outside} outside 0..{num_classes - 1}; "
         f"model.num_classes={num_classes} must cover every class.")

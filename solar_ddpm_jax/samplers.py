@@ -195,7 +195,8 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
 
 def check_labels(labels, num_classes: int) -> None:
   """Class labels must be 0..num_classes-1: outside, the embedding lookup gives NaN images (label
-  > num_classes) or silently unconditional ones (num_classes, the null class, or -1)."""
+  > num_classes), silently unconditional ones (num_classes, the null class) or, for -1, the
+  last row of the table (wrapped)."""
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"Labels must be a 1-D integer array, not {labels.dtype} {labels.shape}.")

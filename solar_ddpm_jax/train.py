@@ -309,7 +309,8 @@ def train_and_evaluate(config, workdir: str, *,
       if not last and sigterm.requested(at_sync_point=sync_point):
         if pending and int(tc.log_every_steps) > 0:  # The partial window: no step's metrics lost.
           log_window(done)
-        check_finite(pending, pending_start, manager)
+        else:
+          check_finite(pending, pending_start, manager)
         checkpointing.save(manager, state, data_seed=config.seed, force=True,
                            batch_size=int(tc.batch_size))
         manager.wait_until_finished()
@@ -326,10 +327,10 @@ def train_and_evaluate(config, workdir: str, *,
 class _Profiler:
   """training.profile: a jax.profiler trace of PROFILE_STEPS steps, for TensorBoard's profile tab.
 
-  Starts before step start_step + PROFILE_FIRST (the third step of this run or resume, when
-  compilation is over) and stops after PROFILE_STEPS steps have finished on the device, or when
-  the run stops early (SIGTERM, NaN): the trace is written either way. Traces go to
-  <workdir>/profile (one folder per process in multi-process jobs).
+  Starts before step index start_step + PROFILE_FIRST (after the first three steps of this run
+  or resume, when compilation is over) and stops after PROFILE_STEPS steps have finished on the
+  device, or when the run stops early (SIGTERM, NaN): the trace is written either way. Traces go
+  to <workdir>/profile (one folder per process in multi-process jobs).
   """
 
   def __init__(self, workdir: str, start_step: int, enabled: bool = True):
@@ -346,9 +347,12 @@ class _Profiler:
 
   def __exit__(self, *exc):
     if self.running:  # Stopped early: keep the trace of the steps so far.
-      jax.profiler.stop_trace()
       self.running = False
-      logging.info("Profile (cut short) written to %s.", self.logdir)
+      try:
+        jax.profiler.stop_trace()
+        logging.info("Profile (cut short) written to %s.", self.logdir)
+      except Exception:  # Never hide the exception (SIGTERM exit code, NaN) that ended the run.
+        logging.exception("Could not write the profile to %s.", self.logdir)
 
   def before(self, step: int, state) -> None:
     if not self.enabled:
@@ -437,6 +441,7 @@ def evaluate(eval_fn, params, make_iterator, num_batches: int) -> dict[str, floa
   try:
     iterator = make_iterator()
   except (FileNotFoundError, ValueError) as e:  # No validation split: train without eval.
+    # (Labels outside the model's classes raise input_pipeline.LabelRangeError: not caught.)
     logging.warning("No validation data (%s); skipping eval.", e)
     return None
   losses = []

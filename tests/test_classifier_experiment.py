@@ -151,8 +151,11 @@ def test_augmented_arm_trains_on_the_real_images_with_augmentation_only(tmp_path
   assert seen[0]["augment"]["max_rotation_deg"] == config.classifier.max_rotation_deg
   assert results["arms"]["augmented"]["runs"][0]["num_train_images"] == 96
   config.classifier.arms = ("real", "mixup")
+  trained = len(seen)
   with pytest.raises(ValueError, match="Unknown classifier.arms"):
-    experiment.augment_experiment(config, str(tmp_path))
+    experiment.augment_experiment(config, str(tmp_path / "other"))
+  assert len(seen) == trained and not (tmp_path / "other" / "augment_experiment" /
+                                       "logs_real_0").exists()
 
 
 def test_oversampling_and_loss_weights_together_are_refused(tmp_path, fake_data):

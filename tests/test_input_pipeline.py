@@ -73,6 +73,19 @@ def test_resume_at_step_equals_fresh_stream(config):
   assert not np.array_equal(order(n, 0, 1), order(n, 1, 1))
 
 
+def test_labels_outside_the_model_classes_stop_training(config):
+  """A split with classes the model lacks is refused (not taken for a missing validation split)."""
+  from solar_ddpm_jax import train
+  top = int(input_pipeline.load_split_arrays(config, "train")["flare_class"].max())
+  fewer = config.copy_and_resolve_references()
+  fewer.model.num_classes = top  # The highest class of the split is one too many.
+  mesh = sharding.create_mesh(fewer.mesh)
+  with pytest.raises(input_pipeline.LabelRangeError, match=f"labels \\[{top}\\] outside"):
+    input_pipeline.create_train_iterator(fewer, mesh)
+  with pytest.raises(input_pipeline.LabelRangeError):
+    train.evaluate(None, None, lambda: input_pipeline.create_train_iterator(fewer, mesh), 1)
+
+
 def test_array_record_reads_the_same(config, tmp_path):
   other = aia171.get_config("test")
   other.data.data_dir, other.data.file_format = str(tmp_path), "array_record"

@@ -184,6 +184,23 @@ def test_a_rerun_replaces_the_fits_files_of_the_last(trained):
     sample.sample_and_save(cfg, workdir)
 
 
+def test_fits_headers_say_how_many_steps_the_grid_took(trained):
+  """DPM-Solver++'s log-SNR grid merges duplicate timesteps: 20 asked, fewer taken; both noted."""
+  import sunpy.map
+  config, workdir = trained
+  cfg = sample.sampling_config(config, sampler="dpm_solver++", num_steps=20)
+  cfg.sampling.classes, cfg.sampling.num_per_class = "B", 1
+  out = sample.sample_and_save(cfg, workdir)
+  abar = np.asarray(diffusion.make_schedule(cfg.diffusion).alphas_cumprod, np.float64)
+  lam = 0.5 * np.log(abar / (1 - abar))  # Nearest integer t to 20 points even in log-SNR.
+  taken = len(np.unique(np.abs(lam[None] - np.linspace(lam[-1], lam[0], 20)[:, None]).argmin(1)))
+  assert taken < 20
+  settings = json.loads(str(np.load(os.path.join(out, "samples.npz"))["settings"]))
+  assert settings["grid_steps"] == taken and settings["num_steps"] == 20
+  m = sunpy.map.Map(os.path.join(out, "fits", "B_00000_171.fits"))
+  assert m.meta["ngrid"] == taken and m.meta["nsteps"] == 20
+
+
 def test_parse_classes():
   assert sample.parse_classes("A, m,X") == [0, 3, 4]
   with pytest.raises(ValueError, match="Unknown flare classes"):

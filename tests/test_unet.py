@@ -217,6 +217,12 @@ def test_blockwise_attention_in_bfloat16_is_as_accurate_as_xla():
   assert grads.dtype == jnp.bfloat16
 
 
+def test_attention_chunk_must_be_positive():
+  q = jnp.zeros((1, 8, 1, 4))
+  with pytest.raises(ValueError, match="attention_chunk=0"):
+    attention.blockwise_attention(q, q, q, 0)
+
+
 def test_auto_attention_is_blockwise_on_cpu_for_long_sequences():
   assert attention.resolve("auto", 4096, jnp.float32, 512) == "blockwise"
   assert attention.resolve("auto", 256, jnp.float32, 512) == "default"

@@ -275,7 +275,7 @@ def markdown_table(results: dict) -> str:
   header = (f"Flare classifier on the real test split, mean ± std over {n} seed(s). "
             f"Class counts (train / validation / test): {counts}. "
             f"Source: {results['settings']['data_source']} data. Macro scores average the "
-            "classes that occur in the test truth or the predictions.\n\n")
+            "classes that occur in the test truth (the same set for every arm).\n\n")
   return header + "\n".join(lines) + "\n"
 
 
