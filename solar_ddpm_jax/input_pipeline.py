@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import sharding
+from solar_ddpm_jax import labels_outside, sharding
 
 ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "subclass", "goes_flux_w_m2",
                 "time_unix_s")
@@ -345,7 +345,7 @@ def create_train_iterator(config, mesh, *, split: str = "train", start_step: int
   arrays = load_split_arrays(config, split)
   labels = arrays[label_field(config)]
   num_classes = int(config.model.num_classes)
-  outside = sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))
+  outside = labels_outside(labels, num_classes)
   if outside:
     raise LabelRangeError(
         f"The {split} split of {config.data.get('data_dir') or 'the TFDS data dir'} has "

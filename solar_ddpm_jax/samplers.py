@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import diffusion, sharding
+from solar_ddpm_jax import diffusion, labels_outside, sharding
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 
@@ -200,9 +200,9 @@ def check_labels(labels, num_classes: int) -> None:
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"Labels must be a 1-D integer array, not {labels.dtype} {labels.shape}.")
-  bad = labels[(labels < 0) | (labels >= num_classes)]
-  if bad.size:
-    raise ValueError(f"Labels {sorted(set(bad.tolist()))[:8]} are not classes 0..{num_classes - 1} "
+  bad = labels_outside(labels, num_classes)
+  if bad:
+    raise ValueError(f"Labels {bad[:8]} are not classes 0..{num_classes - 1} "
                      f"(A..X); the null class {num_classes} is reached through the guidance scale "
                      "(guidance_scale=0: unconditional).")
 

@@ -271,6 +271,7 @@ def train_and_evaluate(config, workdir: str, *,
                   extra={"window_steps": len(pending)})
 
   profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
+  logging_on = int(tc.log_every_steps) > 0
   pending, pending_start = [], start_step
   with _SigtermFlag() as sigterm, profiler:
     for step in range(start_step, num_steps):
@@ -291,7 +292,7 @@ def train_and_evaluate(config, workdir: str, *,
         if not eval_ran and int(tc.eval_every_steps) > 0:
           eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best is kept).
         check_finite(pending, pending_start, manager)
-        if int(tc.log_every_steps) <= 0:  # Nothing else empties the window: checked, dropped.
+        if not logging_on:  # Nothing else empties the window: checked, dropped.
           pending, pending_start = [], done
         with report.timed("checkpoint"):
           checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics,
@@ -305,9 +306,9 @@ def train_and_evaluate(config, workdir: str, *,
             rgb = outputs.save_class_grid(images, grid_labels(config), path)
             writer.write_images(done, {"samples_ema": rgb[None]})
       sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
-                    or (int(tc.log_every_steps) <= 0 and done % SIGTERM_SYNC_STEPS == 0))
+                    or (not logging_on and done % SIGTERM_SYNC_STEPS == 0))
       if not last and sigterm.requested(at_sync_point=sync_point):
-        if pending and int(tc.log_every_steps) > 0:  # The partial window: no step's metrics lost.
+        if pending and logging_on:  # The partial window: no step's metrics lost.
           log_window(done)
         else:
           check_finite(pending, pending_start, manager)
@@ -346,13 +347,10 @@ class _Profiler:
     return self
 
   def __exit__(self, *exc):
-    if self.running:  # Stopped early: keep the trace of the steps so far.
-      self.running = False
-      try:
-        jax.profiler.stop_trace()
-        logging.info("Profile (cut short) written to %s.", self.logdir)
-      except Exception:  # Never hide the exception (SIGTERM exit code, NaN) that ended the run.
-        logging.exception("Could not write the profile to %s.", self.logdir)
+    try:  # Stopped early: keep the trace of the steps so far (a no-op after a normal stop).
+      self.stop()
+    except Exception:  # Never hide the exception (SIGTERM exit code, NaN) that ended the run.
+      logging.exception("Could not write the profile to %s.", self.logdir)
 
   def before(self, step: int, state) -> None:
     if not self.enabled:
@@ -364,13 +362,16 @@ class _Profiler:
     elif step == self.last:
       self.stop(state)
 
-  def stop(self, state) -> None:
-    if self.running:
+  def stop(self, state=None) -> None:
+    """Ends the trace after `state` is computed (None: at once, as when a run stops early)."""
+    if not self.running:
+      return
+    self.running = False
+    if state is not None:
       jax.block_until_ready(state)
-      jax.profiler.stop_trace()
-      self.running = False
-      logging.info("Profile of %d steps written to %s (tensorboard --logdir %s, Profile tab).",
-                   PROFILE_STEPS, self.logdir, self.logdir)
+    jax.profiler.stop_trace()
+    logging.info("Profile written to %s (tensorboard --logdir %s, Profile tab).", self.logdir,
+                 self.logdir)
 
 
 def write_scalars(writer, workdir: str, step: int, scalars: dict,
