@@ -52,7 +52,7 @@ def _synthetic_fingerprint(data_config) -> str:
 
 
 def dataset_dirs(config) -> tuple[str, str]:
-  """(TFDS data_dir, manual_dir) of config.data.
+  """(TFDS data_dir, manual_dir) of config.data; manual_dir is "" when a manual source has none.
 
   Synthetic archives live in <data_dir>/aia_flares_synthetic/<fingerprint of the synthetic
   settings>/archive, their datasets next to them under tfds_<fingerprint of the build settings>,
@@ -66,11 +66,8 @@ def dataset_dirs(config) -> tuple[str, str]:
     return os.path.join(root, f"tfds_{settings}"), os.path.join(root, "archive")
   if config.data.source != "manual":
     raise ValueError(f"Unknown data.source {config.data.source!r}; use 'manual' or 'synthetic'.")
-  if not config.data.manual_dir:
-    raise ValueError("data.source='manual' needs data.manual_dir: a folder of AIA FITS and GOES "
-                     "XRS files (python -m tfds_aia.fetch writes one), or use data.source="
-                     "'synthetic'.")
-  return base, os.path.expanduser(config.data.manual_dir)
+  # Reading a built dataset needs only data_dir; manual_dir is checked when a build needs it.
+  return base, os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else ""
 
 
 def _write_synthetic_archive(config, archive_dir: str) -> None:
@@ -114,6 +111,12 @@ def _check_settings(builder, config) -> None:
 def _build_here(config, builder, manual_dir: str, data_dir: str):
   """Builds the dataset of `builder` from `manual_dir` in this process; returns the builder."""
   from tfds_aia import builder as aia_builder
+  if not manual_dir:
+    raise ValueError(
+        f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
+        "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
+        "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or point "
+        "data.data_dir at the built dataset, or use data.source='synthetic'.")
   if config.data.source == "synthetic":
     _write_synthetic_archive(config, manual_dir)
   try:

@@ -160,3 +160,69 @@ def test_histogram_shows_generated_pixels_brighter_than_any_real_one():
   real_max = outputs.to_dn_per_s(real, config.data).max()
   above = np.sum((f * np.diff(edges))[edges[:-1] >= real_max])  # Mass above every real pixel.
   assert above == pytest.approx(0.5, abs=0.05)
+
+
+def _stub_classifier(monkeypatch):
+  """A classifier that always says C, so that accuracy = the share of requested C images."""
+  monkeypatch.setattr(report, "_classifier_predict",
+                      lambda config, workdir: (lambda x: np.full(len(x), 2), "stub", {}))
+  monkeypatch.setattr(report, "check_classifier_matches", lambda meta, config, shape: None)
+
+
+def test_sample_npz_settings_are_the_reports(tmp_path, encoder_dir, monkeypatch):
+  """The report states how a .npz was sampled (its own record, not config.sampling), and scores
+  its conditioning at the guidance scale it was made with."""
+  real, fake = _discs(20, 16, 0), _discs(15, 16, 1)
+  monkeypatch.setattr(export, "load_real", lambda config, split: real)
+  _stub_classifier(monkeypatch)
+  config = _config(tmp_path, encoder_dir)
+  config.evaluation.extractors = ("domain",)
+  config.sampling.guidance_scale = 3.0
+  d = config.data  # As sample.sample_and_save records them.
+  made = dict(sampler="ddim", num_steps=50, guidance_scale=1.0, seed=7, resolution=d.resolution,
+              channels=list(d.channels), dn_ceiling=list(d.dn_ceiling), stretch=d.stretch,
+              asinh_a=d.asinh_a)
+  npz = str(tmp_path / "samples.npz")
+  np.savez(npz, images=fake[0], labels=fake[1], settings=json.dumps(made))
+  config.evaluation.samples_npz = npz
+  out = report.evaluate(config, str(tmp_path / "work"))
+  assert out["sampling"]["guidance_scale"] == 1.0 and out["sampling"]["sampler"] == "ddim"
+  assert out["sampling"]["seed"] == 7
+  acc = out["conditioning_accuracy"]["per_guidance_scale"]
+  assert list(acc) == ["1"] and acc["1"]["all"] == pytest.approx(np.mean(fake[1] == 2))
+  # A .npz without settings (made elsewhere): no guidance scale is claimed for it.
+  bare = str(tmp_path / "bare.npz")
+  np.savez(bare, images=fake[0], labels=fake[1])
+  config.evaluation.samples_npz = bare
+  out = report.evaluate(config, str(tmp_path / "work2"))
+  assert out["sampling"]["guidance_scale"] is None
+  assert list(out["conditioning_accuracy"]["per_guidance_scale"]) == ["unknown"]
+  # Samples of other data settings would be put into DN/s wrongly: refused, naming the file.
+  for key, value in (("resolution", 32), ("stretch", "asinh"), ("dn_ceiling", [999.0])):
+    np.savez(npz, images=fake[0], labels=fake[1], settings=json.dumps(dict(made, **{key: value})))
+    config.evaluation.samples_npz = npz
+    with pytest.raises(ValueError, match=f"samples.npz was sampled with other data .*{key}"):
+      report.evaluate(config, str(tmp_path / "work3"))
+
+
+def test_the_evaluations_own_samples_record_their_settings(tmp_path, encoder_dir, monkeypatch):
+  """evaluation/samples.npz, evaluated again as samples_npz, reads as the same sampling."""
+  real = _discs(20, 16, 0)
+  monkeypatch.setattr(export, "load_real", lambda config, split: real)
+  monkeypatch.setattr(report, "_generate",
+                      lambda config, workdir, labels, w: _discs(len(labels), 16, 2)[0])
+  _stub_classifier(monkeypatch)
+  config = _config(tmp_path, encoder_dir)
+  config.evaluation.extractors = ("domain",)
+  config.evaluation.guidance_scales = (config.sampling.guidance_scale,)
+  workdir = str(tmp_path / "work")
+  first = report.evaluate(config, workdir)
+  config.evaluation.samples_npz = os.path.join(workdir, "evaluation", "samples.npz")
+  with np.load(config.evaluation.samples_npz) as z:
+    recorded = json.loads(str(z["settings"]))
+  assert recorded["guidance_scale"] == config.sampling.guidance_scale
+  assert recorded["resolution"] == config.data.resolution
+  again = report.evaluate(config, str(tmp_path / "again"))
+  assert again["sampling"] == first["sampling"]
+  assert (again["conditioning_accuracy"]["per_guidance_scale"]
+          == first["conditioning_accuracy"]["per_guidance_scale"])

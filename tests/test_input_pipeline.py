@@ -121,3 +121,25 @@ def test_forecast_labels_warn_when_the_split_gap_is_shorter_than_the_window(monk
   assert len(warnings) == 1 and "split_gap_hours=24" in warnings[0][0] % warnings[0][1:]
   config.data.split_gap_hours = 24.0
   assert not input_pipeline.warn_forecast_leakage(config.data)
+
+
+def test_a_built_manual_dataset_reads_without_manual_dir(config, tmp_path):
+  input_pipeline.build_dataset(config, None)
+  _, archive = input_pipeline.dataset_dirs(config)
+  manual = config.copy_and_resolve_references()
+  manual.data.source = "manual"
+  manual.data.data_dir = str(tmp_path / "tfds")
+  manual.data.frame_px = config.data.synthetic.image_size
+  reader = manual.copy_and_resolve_references()
+  reader.data.manual_dir = ""
+  # Nothing built yet: the error says what is missing and which flag builds it.
+  with pytest.raises(ValueError, match=r"data\.data_dir=.*--config\.data\.manual_dir"):
+    input_pipeline.load_split_arrays(reader, "train")
+  manual.data.manual_dir = archive
+  built = input_pipeline.build_dataset(manual, None)
+  assert built.is_prepared()
+  # Training and evaluation read the dataset with the build's data settings, without the raw files.
+  read = input_pipeline.load_split_arrays(reader, "train")
+  expected = input_pipeline.load_split_arrays(config, "train")
+  np.testing.assert_array_equal(read["image"], expected["image"])
+  np.testing.assert_array_equal(read["flare_class"], expected["flare_class"])

@@ -21,6 +21,51 @@ def features_dir(config, workdir: str) -> str:
   return config.evaluation.get("features_dir", "") or os.path.join(workdir, "features")
 
 
+# The data settings a sample .npz records (sample.sample_and_save); they fix how its images map
+# back to DN/s, so they must be the evaluation's.
+SAMPLE_DATA_KEYS = ("resolution", "channels", "dn_ceiling", "stretch", "asinh_a")
+
+
+def sample_data_settings(config) -> dict:
+  """The SAMPLE_DATA_KEYS of config.data, as a sample .npz records them."""
+  d = config.data
+  return {"resolution": int(d.resolution), "channels": [int(c) for c in d.channels],
+          "dn_ceiling": [float(c) for c in d.dn_ceiling], "stretch": str(d.stretch),
+          "asinh_a": float(d.asinh_a)}
+
+
+def load_samples_settings(path: str) -> dict:
+  """The settings a sample .npz records ({} for a file without them, e.g. made elsewhere)."""
+  with np.load(path) as z:
+    if "settings" not in z.files:
+      return {}
+    return json.loads(str(z["settings"]))
+
+
+def check_samples_settings(path: str, settings: dict, config) -> None:
+  """A sample .npz made with other data settings than config.data is refused."""
+  wanted = sample_data_settings(config)
+  differ = []
+  for key in SAMPLE_DATA_KEYS:
+    if key not in settings:
+      continue
+    got, want = settings[key], wanted[key]
+    if isinstance(want, list):
+      n = min(len(got), len(want)) if key == "dn_ceiling" else None
+      same = (np.allclose(np.asarray(got[:n], float), np.asarray(want[:n], float))
+              if key == "dn_ceiling" else list(got) == want)
+    elif isinstance(want, float):
+      same = bool(np.isclose(float(got), want))
+    else:
+      same = got == want
+    if not same:
+      differ.append(f"{key}={got!r} (config: {want!r})")
+  if differ:
+    raise ValueError(f"{path} was sampled with other data settings than this evaluation's: "
+                     f"{', '.join(differ)}. Pass the --config.data.* settings of the run that "
+                     "made it, or evaluate samples of this configuration.")
+
+
 def load_samples_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
   """Images [N, H, W, C] in [-1, 1] and labels [N] from a sample .npz."""
   if not os.path.isfile(path):

@@ -132,7 +132,8 @@ def check_classifier_matches(meta: dict, config, image_shape) -> None:
 
 
 def conditioning_accuracy(config, workdir, predict_fn, samples_by_scale: dict) -> dict:
-  """Per requested class accuracy of the classifier on generated images, per guidance scale."""
+  """Per requested class accuracy of the classifier on generated images, per guidance scale
+  (keys "3", "0", ...; "unknown" for a None scale)."""
   del config, workdir
   out = {}
   for w, (images, labels) in samples_by_scale.items():
@@ -142,7 +143,7 @@ def conditioning_accuracy(config, workdir, predict_fn, samples_by_scale: dict) -
       m = labels == i
       if m.any():
         row[name] = float(np.mean(pred[m] == i))
-    out[f"{float(w):g}"] = row
+    out["unknown" if w is None else f"{float(w):g}"] = row
   return out
 
 
@@ -150,20 +151,30 @@ def _skip(reason) -> dict:
   return {"skipped": reason}
 
 
-def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
-  """All configured metrics of real (images, labels) vs generated (images, labels) -> report."""
+def config_sampling_settings(config) -> dict:
+  """The sampling settings evaluate() samples with, as the report records them."""
+  s = config.sampling
+  return dict(sampler=s.sampler, num_steps=int(s.num_steps),
+              guidance_scale=float(s.guidance_scale), seed=int(s.seed))
+
+
+def run_report(config, workdir: str, real, fake, *, generate_fn=None,
+               sampling: dict | None = None) -> dict:
+  """All configured metrics of real (images, labels) vs generated (images, labels) -> report.
+
+  `sampling`: how `fake` was made (a sample .npz's own settings); default config.sampling's.
+  Without `generate_fn` the conditioning accuracy is that of `fake`, at its guidance scale.
+  """
   ev = config.evaluation
   real_images, real_labels = real
   fake_images, fake_labels = fake
+  sampling = dict(sampling) if sampling else config_sampling_settings(config)
   report = dict(
       created_unix_s=time.time(), preset=config.get("preset", ""),
       reference_split=ev.real_split, count_real=int(len(real_images)),
       count_generated=int(len(fake_images)), image_shape=list(real_images.shape[1:]),
       samples=ev.samples_npz or f"sampled from {workdir} (sampling settings below)",
-      sampling=dict(sampler=config.sampling.sampler, num_steps=int(config.sampling.num_steps),
-                    guidance_scale=float(config.sampling.guidance_scale),
-                    seed=int(config.sampling.seed)),
-      features={}, physics=None, conditioning_accuracy=None)
+      sampling=sampling, features={}, physics=None, conditioning_accuracy=None)
   real_idx, fake_idx = _class_names(real_labels), _class_names(fake_labels)
   for name in features_lib.extractor_names(ev.extractors):
     try:
@@ -200,8 +211,9 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None) -> dict:
           samples[w] = (fake_images, fake_labels)  # generate_fn made them: same labels and seed.
         else:
           samples[w] = (generate_fn(labels, float(w)), labels)
-    else:
-      samples[float(config.sampling.guidance_scale)] = (fake_images, fake_labels)
+    else:  # Keyed "unknown" for samples that record no guidance scale.
+      w = sampling.get("guidance_scale")
+      samples[None if w is None else float(w)] = (fake_images, fake_labels)
     report["conditioning_accuracy"] = dict(
         classifier=path, per_guidance_scale=conditioning_accuracy(config, workdir, predict_fn,
                                                                   samples))
@@ -222,14 +234,23 @@ def evaluate(config, workdir: str) -> dict:
   generate_fn = None
   if ev.samples_npz:
     fake = export.load_samples_npz(ev.samples_npz)
+    recorded = export.load_samples_settings(ev.samples_npz)
+    export.check_samples_settings(ev.samples_npz, recorded, config)
+    # The .npz's own record of how it was sampled, not this config's sampling settings.
+    sampling = {k: recorded[k] for k in recorded if k not in export.SAMPLE_DATA_KEYS}
+    if not sampling:
+      sampling = {"guidance_scale": None,
+                  "note": "the .npz records no settings; how it was sampled is unknown"}
   else:
     def generate_fn(labels, w):
       return _generate(config, workdir, labels, w)
     labels = _requested_labels(config)
     fake = (generate_fn(labels, float(config.sampling.guidance_scale)), labels)
+    sampling = config_sampling_settings(config)
     if writer:
-      np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1])
-  report = run_report(config, workdir, real, fake, generate_fn=generate_fn)
+      np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1],
+               settings=json.dumps(dict(sampling, **export.sample_data_settings(config))))
+  report = run_report(config, workdir, real, fake, generate_fn=generate_fn, sampling=sampling)
   if writer:
     write_report(report, out_dir, real, fake, config)
   return report
