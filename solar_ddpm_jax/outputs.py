@@ -78,6 +78,21 @@ def save_class_grid(images, labels, path: str, wavelength_a: int = 171,
   return grid
 
 
+# The data settings that fix how model-range images map back to DN/s (to_dn_per_s); sample .npz
+# files record them, and an evaluation of such a file requires its own to be the same.
+SAMPLE_DATA_KEYS = ("resolution", "channels", "dn_ceiling", "stretch", "asinh_a", "downsample",
+                    "frame_px")
+
+
+def sample_data_settings(data_config) -> dict:
+  """The SAMPLE_DATA_KEYS of a config.data group, as JSON-ready values."""
+  d = data_config
+  return {"resolution": int(d.resolution), "channels": [int(c) for c in d.channels],
+          "dn_ceiling": [float(c) for c in d.dn_ceiling], "stretch": str(d.stretch),
+          "asinh_a": float(d.asinh_a), "downsample": str(d.downsample),
+          "frame_px": int(preprocess.frame_px(d))}
+
+
 def to_dn_per_s(images, data_config) -> np.ndarray:
   """Model-range images [N,H,W,C] -> DN/s per output pixel, inverting the data preprocessing.
 

@@ -188,9 +188,7 @@ def sample_and_save(config, workdir: str) -> str:
               "batch_size": int(s.batch_size),
               "eta": float(s.eta), "ddpm_variance": s.ddpm_variance, "clip_x0": bool(s.clip_x0),
               "use_ema": bool(s.use_ema), "checkpoint_step": step, "preset": cfg.preset,
-              "resolution": int(cfg.data.resolution), "channels": list(cfg.data.channels),
-              "dn_ceiling": list(cfg.data.dn_ceiling), "stretch": cfg.data.stretch,
-              "asinh_a": float(cfg.data.asinh_a)}
+              **outputs.sample_data_settings(cfg.data)}
   dn_per_s = outputs.to_dn_per_s(images, cfg.data)
   np.savez(os.path.join(out_dir, "samples.npz"), images=images, images_dn_per_s=dn_per_s,
            labels=labels, flare_class=np.asarray([FLARE_CLASSES[i] for i in labels]),

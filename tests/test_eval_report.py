@@ -181,7 +181,7 @@ def test_sample_npz_settings_are_the_reports(tmp_path, encoder_dir, monkeypatch)
   d = config.data  # As sample.sample_and_save records them.
   made = dict(sampler="ddim", num_steps=50, guidance_scale=1.0, seed=7, resolution=d.resolution,
               channels=list(d.channels), dn_ceiling=list(d.dn_ceiling), stretch=d.stretch,
-              asinh_a=d.asinh_a)
+              asinh_a=d.asinh_a, downsample=d.downsample, frame_px=d.synthetic.image_size)
   npz = str(tmp_path / "samples.npz")
   np.savez(npz, images=fake[0], labels=fake[1], settings=json.dumps(made))
   config.evaluation.samples_npz = npz
@@ -198,7 +198,8 @@ def test_sample_npz_settings_are_the_reports(tmp_path, encoder_dir, monkeypatch)
   assert out["sampling"]["guidance_scale"] is None
   assert list(out["conditioning_accuracy"]["per_guidance_scale"]) == ["unknown"]
   # Samples of other data settings would be put into DN/s wrongly: refused, naming the file.
-  for key, value in (("resolution", 32), ("stretch", "asinh"), ("dn_ceiling", [999.0])):
+  for key, value in (("resolution", 32), ("stretch", "asinh"), ("dn_ceiling", [999.0]),
+                     ("downsample", "resize"), ("frame_px", 4096)):
     np.savez(npz, images=fake[0], labels=fake[1], settings=json.dumps(dict(made, **{key: value})))
     config.evaluation.samples_npz = npz
     with pytest.raises(ValueError, match=f"samples.npz was sampled with other data .*{key}"):

@@ -13,25 +13,16 @@ import os
 import numpy as np
 from absl import logging
 
+from solar_ddpm_jax import outputs
 from solar_ddpm_jax.evaluation import features as features_lib
+
+# The data settings a sample .npz records; they fix how its images map back to DN/s.
+SAMPLE_DATA_KEYS = outputs.SAMPLE_DATA_KEYS
 
 
 def features_dir(config, workdir: str) -> str:
   """config.evaluation.features_dir or <workdir>/features."""
   return config.evaluation.get("features_dir", "") or os.path.join(workdir, "features")
-
-
-# The data settings a sample .npz records (sample.sample_and_save); they fix how its images map
-# back to DN/s, so they must be the evaluation's.
-SAMPLE_DATA_KEYS = ("resolution", "channels", "dn_ceiling", "stretch", "asinh_a")
-
-
-def sample_data_settings(config) -> dict:
-  """The SAMPLE_DATA_KEYS of config.data, as a sample .npz records them."""
-  d = config.data
-  return {"resolution": int(d.resolution), "channels": [int(c) for c in d.channels],
-          "dn_ceiling": [float(c) for c in d.dn_ceiling], "stretch": str(d.stretch),
-          "asinh_a": float(d.asinh_a)}
 
 
 def load_samples_settings(path: str) -> dict:
@@ -44,7 +35,7 @@ def load_samples_settings(path: str) -> dict:
 
 def check_samples_settings(path: str, settings: dict, config) -> None:
   """A sample .npz made with other data settings than config.data is refused."""
-  wanted = sample_data_settings(config)
+  wanted = outputs.sample_data_settings(config.data)
   differ = []
   for key in SAMPLE_DATA_KEYS:
     if key not in settings:

@@ -15,7 +15,7 @@ import traceback
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import FLARE_CLASSES, input_pipeline
+from solar_ddpm_jax import FLARE_CLASSES, input_pipeline, outputs
 from solar_ddpm_jax.evaluation import clusters, export, physics
 from solar_ddpm_jax.evaluation import features as features_lib
 from solar_ddpm_jax.evaluation import fid as fid_lib
@@ -59,7 +59,6 @@ def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
 
 
 def _physics(config, real_images, real_labels, fake_images, fake_labels) -> dict:
-  from solar_ddpm_jax import outputs
   real_dn = outputs.to_dn_per_s(real_images, config.data)[..., 0]
   fake_dn = outputs.to_dn_per_s(fake_images, config.data)[..., 0]
   ceiling = float(max(real_dn.max(), fake_dn.max(), 1.0))  # Over-bright samples stay in view.
@@ -249,7 +248,7 @@ def evaluate(config, workdir: str) -> dict:
     sampling = config_sampling_settings(config)
     if writer:
       np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1],
-               settings=json.dumps(dict(sampling, **export.sample_data_settings(config))))
+               settings=json.dumps(dict(sampling, **outputs.sample_data_settings(config.data))))
   report = run_report(config, workdir, real, fake, generate_fn=generate_fn, sampling=sampling)
   if writer:
     write_report(report, out_dir, real, fake, config)
