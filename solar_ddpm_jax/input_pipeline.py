@@ -111,12 +111,6 @@ def _check_settings(builder, config) -> None:
 def _build_here(config, builder, manual_dir: str, data_dir: str):
   """Builds the dataset of `builder` from `manual_dir` in this process; returns the builder."""
   from tfds_aia import builder as aia_builder
-  if not manual_dir:
-    raise ValueError(
-        f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
-        "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
-        "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or point "
-        "data.data_dir at the built dataset, or use data.source='synthetic'.")
   if config.data.source == "synthetic":
     _write_synthetic_archive(config, manual_dir)
   try:
@@ -146,9 +140,16 @@ def build_dataset(config, workdir: str | None = None):
   import jax
   data_dir, manual_dir = dataset_dirs(config)
   builder = _builder(config)
-  if jax.process_index() == 0 and not builder.is_prepared():
+  if not manual_dir:  # Nothing to build from: each process reads its data_dir or stops here,
+    if not builder.is_prepared():  # before any barrier (no process is left waiting in one).
+      raise ValueError(
+          f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
+          "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
+          "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or point "
+          "data.data_dir at the built dataset, or use data.source='synthetic'.")
+  elif jax.process_index() == 0 and not builder.is_prepared():
     builder = _build_here(config, builder, manual_dir, data_dir)
-  if jax.process_count() > 1:
+  if manual_dir and jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("aia_flares built")
     builder = _builder(config)

@@ -20,7 +20,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two(module, *args):
+def _run_two(module, *args, returncode=0, timeout=300):
   port = _free_port()
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
@@ -33,13 +33,14 @@ def _run_two(module, *args):
   errors = []
   for p in procs:
     try:
-      _, err = p.communicate(timeout=300)
+      _, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
       raise
     errors.append(err[-3000:])
-  assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)
+  assert [p.returncode for p in procs] == [returncode] * 2, "\n".join(errors)
+  return errors
 
 
 def test_hosts_without_a_shared_data_dir_build_the_same_data_and_gather_features(tmp_path):
@@ -63,6 +64,13 @@ def test_a_host_that_finds_the_shared_dataset_built_still_joins_the_build_barrie
   out = [np.load(f"{prefix}{i}.npz") for i in range(2)]
   np.testing.assert_array_equal(out[0]["image"], out[1]["image"])
   np.testing.assert_allclose(out[0]["features"], out[1]["features"])
+
+
+def test_every_host_stops_when_there_is_no_dataset_and_no_manual_dir(tmp_path):
+  """No process waits in a build barrier for a build that cannot happen."""
+  errors = _run_two("tests._helpers.multihost_data", tmp_path / "data", str(tmp_path / "out_"),
+                    "no_manual_dir", returncode=3, timeout=120)
+  assert all("--config.data.manual_dir" in e for e in errors), errors
 
 
 def test_two_processes_train_together_and_agree(tmp_path):

@@ -5,7 +5,9 @@
 LAYOUT "own" (default): each process gets its own data.data_dir (as on TPU VMs, where
 ~/tensorflow_datasets is local), builds or finds the synthetic dataset, and extracts features of the
 same images over the global mesh. LAYOUT "shared_late": one data.data_dir for both, and process 1
-reaches the data only after process 0 has built it (hosts that start at different times).
+reaches the data only after process 0 has built it (hosts that start at different times). LAYOUT
+"no_manual_dir": a manual source with no dataset and no data.manual_dir; every process must stop
+with the error (exit 3), none may wait for the others in a build barrier.
 """
 
 import glob
@@ -35,6 +37,14 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
   folder = f"host{process_id}" if layout == "own" else "shared"
   config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
+  if layout == "no_manual_dir":
+    config.data.source, config.data.manual_dir = "manual", ""
+    try:
+      input_pipeline.load_split_arrays(config, "train")
+    except ValueError as e:
+      print(e, file=sys.stderr)
+      os._exit(3)  # Without shutdown: the other process may have stopped already.
+    return
   if layout == "shared_late" and int(process_id) == 1:  # Until TFDS has moved the finished build
     while not [p for p in glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
                                     recursive=True) if "incomplete" not in p]:  # into place.
