@@ -16,9 +16,6 @@ from absl import logging
 from solar_ddpm_jax import outputs
 from solar_ddpm_jax.evaluation import features as features_lib
 
-# The data settings a sample .npz records; they fix how its images map back to DN/s.
-SAMPLE_DATA_KEYS = outputs.SAMPLE_DATA_KEYS
-
 
 def features_dir(config, workdir: str) -> str:
   """config.evaluation.features_dir or <workdir>/features."""
@@ -37,18 +34,12 @@ def check_samples_settings(path: str, settings: dict, config) -> None:
   """A sample .npz made with other data settings than config.data is refused."""
   wanted = outputs.sample_data_settings(config.data)
   differ = []
-  for key in SAMPLE_DATA_KEYS:
-    if key not in settings:
+  for key, want in wanted.items():
+    if key not in settings:  # Files from before a key was recorded.
       continue
-    got, want = settings[key], wanted[key]
-    if isinstance(want, list):
-      n = min(len(got), len(want)) if key == "dn_ceiling" else None
-      same = (np.allclose(np.asarray(got[:n], float), np.asarray(want[:n], float))
-              if key == "dn_ceiling" else list(got) == want)
-    elif isinstance(want, float):
-      same = bool(np.isclose(float(got), want))
-    else:
-      same = got == want
+    got = settings[key]
+    same = (got == want if isinstance(want, str)
+            else np.shape(got) == np.shape(want) and bool(np.allclose(got, want)))
     if not same:
       differ.append(f"{key}={got!r} (config: {want!r})")
   if differ:

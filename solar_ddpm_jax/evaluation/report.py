@@ -236,7 +236,7 @@ def evaluate(config, workdir: str) -> dict:
     recorded = export.load_samples_settings(ev.samples_npz)
     export.check_samples_settings(ev.samples_npz, recorded, config)
     # The .npz's own record of how it was sampled, not this config's sampling settings.
-    sampling = {k: recorded[k] for k in recorded if k not in export.SAMPLE_DATA_KEYS}
+    sampling = {k: recorded[k] for k in recorded if k not in outputs.SAMPLE_DATA_KEYS}
     if not sampling:
       sampling = {"guidance_scale": None,
                   "note": "the .npz records no settings; how it was sampled is unknown"}
