@@ -126,6 +126,31 @@ def _build_here(config, builder, manual_dir: str, data_dir: str):
   return builder
 
 
+def _on_every_process(step: str, here: bool, fn, default):
+  """Runs fn() on the processes where `here` is true (default elsewhere), then tells every
+  process of the job whether it failed anywhere: the failing process raises its own error and
+  every other one an error naming it, so that none is left waiting in a later collective for a
+  process that has stopped. Collective: every process calls it, in the same order.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+  error, result = None, default
+  if here:
+    try:
+      result = fn()
+    except Exception as e:  # Raised below, once the others know.
+      error = e
+  ok = np.asarray(multihost_utils.process_allgather(np.int32(error is None))).reshape(-1)
+  if error is not None:
+    raise error
+  failed = [i for i, flag in enumerate(ok) if not flag]
+  if failed:
+    raise RuntimeError(
+        f"Process {jax.process_index()}: {step} failed on process {', '.join(map(str, failed))} "
+        "(its log has the error); this process stops too.")
+  return result
+
+
 def build_dataset(config, workdir: str | None = None):
   """Builds the dataset of config.data when it is absent (writing the synthetic archive first
   for data.source == "synthetic"); returns the prepared TFDS builder. `workdir` is unused: the
@@ -147,25 +172,33 @@ def build_dataset(config, workdir: str | None = None):
           "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
           "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or point "
           "data.data_dir at the built dataset, or use data.source='synthetic'.")
-  elif jax.process_index() == 0 and not builder.is_prepared():
-    builder = _build_here(config, builder, manual_dir, data_dir)
-  if manual_dir and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("aia_flares built")
-    builder = _builder(config)
+  elif jax.process_count() == 1:
     if not builder.is_prepared():
+      builder = _build_here(config, builder, manual_dir, data_dir)
+  else:  # Process 0 builds; every process learns its outcome before any goes on.
+    builder = _on_every_process(
+        "building the dataset",
+        jax.process_index() == 0 and not builder.is_prepared(),
+        lambda: _build_here(config, builder, manual_dir, data_dir), builder)
+    builder = _builder(config)
+    local = not builder.is_prepared()
+    if local:
       logging.warning("Process %d does not see the dataset process 0 built (data.data_dir=%s is "
                       "not shared between hosts); building a local copy.", jax.process_index(),
                       data_dir)
+
+    def build_local_copy():
       try:
-        builder = _build_here(config, builder, manual_dir, data_dir)
+        return _build_here(config, builder, manual_dir, data_dir)
       except Exception as e:
         raise RuntimeError(
             f"Process {jax.process_index()}: the dataset is not in data.data_dir={data_dir} on "
             f"this host, and building it here from {manual_dir} failed ({type(e).__name__}: {e})."
             " Put data.data_dir on storage every host reads (a gs:// bucket, NFS), or the raw "
             "files in the same data.manual_dir on every host.") from e
-    multihost_utils.sync_global_devices("aia_flares ready on every host")
+
+    builder = _on_every_process("building a host's local copy of the dataset", local,
+                                build_local_copy, builder)
   _check_settings(builder, config)
   return builder
 

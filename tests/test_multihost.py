@@ -73,6 +73,14 @@ def test_every_host_stops_when_there_is_no_dataset_and_no_manual_dir(tmp_path):
   assert all("--config.data.manual_dir" in e for e in errors), errors
 
 
+def test_every_host_stops_when_process_0_fails_to_build_the_dataset(tmp_path):
+  """Process 1 is told of process 0's failure instead of waiting for it in a barrier."""
+  errors = _run_two("tests._helpers.multihost_data", tmp_path / "data", str(tmp_path / "out_"),
+                    "empty_manual_dir", returncode=3, timeout=120)
+  assert "does not exist or is empty" in errors[0], errors[0]
+  assert "building the dataset failed on process 0" in errors[1], errors[1]
+
+
 def test_two_processes_train_together_and_agree(tmp_path):
   workdir, prefix = tmp_path / "run", str(tmp_path / "params_")
   _run_two("tests._helpers.multihost_train", workdir, prefix)

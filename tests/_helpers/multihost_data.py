@@ -7,7 +7,9 @@ LAYOUT "own" (default): each process gets its own data.data_dir (as on TPU VMs, 
 same images over the global mesh. LAYOUT "shared_late": one data.data_dir for both, and process 1
 reaches the data only after process 0 has built it (hosts that start at different times). LAYOUT
 "no_manual_dir": a manual source with no dataset and no data.manual_dir; every process must stop
-with the error (exit 3), none may wait for the others in a build barrier.
+with the error (exit 3), none may wait for the others in a build barrier. LAYOUT "empty_manual_dir":
+a manual source whose data.manual_dir holds no files, so that process 0's build fails; process 0
+stops with the build's error and process 1 with one naming process 0 (both exit 3).
 """
 
 import glob
@@ -44,6 +46,16 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
     except ValueError as e:
       print(e, file=sys.stderr)
       os._exit(3)  # Without shutdown: the other process may have stopped already.
+    return
+  if layout == "empty_manual_dir":
+    config.data.source = "manual"
+    config.data.manual_dir = os.path.join(base_dir, "raw")
+    os.makedirs(config.data.manual_dir, exist_ok=True)
+    try:
+      input_pipeline.load_split_arrays(config, "train")
+    except Exception as e:  # noqa: BLE001 (the test reads each process's error)
+      print(f"{type(e).__name__}: {e}", file=sys.stderr)
+      os._exit(3)
     return
   if layout == "shared_late" and int(process_id) == 1:  # Until TFDS has moved the finished build
     while not [p for p in glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
