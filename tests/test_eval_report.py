@@ -62,19 +62,31 @@ def test_export_features_writes_settings(tmp_path, encoder_dir, monkeypatch):
   real = _discs(10, 16, 0)
   fake = _discs(7, 16, 1)
   npz = str(tmp_path / "samples.npz")
-  np.savez(npz, images=fake[0], labels=fake[1])
   monkeypatch.setattr(export, "load_real", lambda config, split: real)
   config = _config(tmp_path, encoder_dir, npz)
   config.evaluation.extractors = ("domain",)
+  made = dict(sampler="ddim", num_steps=50, guidance_scale=1.5, seed=7,
+              resolution=config.data.resolution, stretch=config.data.stretch)
+  np.savez(npz, images=fake[0], labels=fake[1], settings=json.dumps(made))
   written = export.export_features(config, str(tmp_path / "work"))
   assert set(written) == {"real_test/domain", "samples/domain"}
   out = export.load_features(written["samples/domain"])
   assert out["count"] == 7 and out["features"].shape == (7, 6)
   assert out["extractor"] == "domain_encoder" and len(out["weights_sha256"]) == 64
   assert "no resize" in out["preprocessing"] and out["source"] == "samples"
+  assert out["settings"] == made  # How the samples were made travels with their features.
   np.testing.assert_array_equal(out["labels"], fake[1])
   ref = features.extract(domain.domain_extractor(encoder_dir), fake[0])
   np.testing.assert_array_equal(out["features"], ref)
+  real_out = export.load_features(written["real_test/domain"])
+  assert real_out["settings"]["split"] == "test"
+  assert real_out["settings"]["resolution"] == config.data.resolution
+  # Samples of another resolution are refused before any features are written.
+  np.savez(npz, images=fake[0], labels=fake[1],
+           settings=json.dumps(dict(made, resolution=2 * config.data.resolution)))
+  with pytest.raises(ValueError, match="samples.npz was sampled with other data .*resolution"):
+    export.export_features(config, str(tmp_path / "work2"))
+  assert not os.path.exists(tmp_path / "work2")
 
 
 def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir, monkeypatch):

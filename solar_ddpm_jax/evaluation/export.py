@@ -2,7 +2,8 @@
 
 Output: <features_dir>/{source}_{extractor}.npz with arrays `features` [N, D] float32 and `labels`
 [N] int32, and the settings as 0-d string/int arrays: extractor, weights, weights_sha256,
-preprocessing, count, source, image_shape.
+preprocessing, count, source, image_shape, and `settings` (JSON: the data settings of the images
+and, for samples, the sampling settings their .npz records).
 """
 
 from __future__ import annotations
@@ -22,12 +23,28 @@ def features_dir(config, workdir: str) -> str:
   return config.evaluation.get("features_dir", "") or os.path.join(workdir, "features")
 
 
-def load_samples_settings(path: str) -> dict:
-  """The settings a sample .npz records ({} for a file without them, e.g. made elsewhere)."""
+def load_samples(path: str, config=None) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Images [N, H, W, C] in [-1, 1], labels [N] and recorded settings ({} for a file without
+  them, e.g. made elsewhere) of a sample .npz, read once. With `config`, a file sampled with
+  other data settings than config.data is refused (check_samples_settings).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"samples file {path!r} does not exist "
+                            "(config.evaluation.samples_npz).")
   with np.load(path) as z:
-    if "settings" not in z.files:
-      return {}
-    return json.loads(str(z["settings"]))
+    if "images" not in z.files or "labels" not in z.files:
+      raise KeyError(f"{path} must hold 'images' [N,H,W,C] in [-1,1] and 'labels' [N]; "
+                     f"it has {z.files}.")
+    settings = json.loads(str(z["settings"])) if "settings" in z.files else {}
+    if config is not None:
+      check_samples_settings(path, settings, config)
+    images = np.asarray(z["images"], np.float32)
+    labels = np.asarray(z["labels"], np.int32)
+  if images.ndim == 3:
+    images = images[..., None]
+  if len(images) != len(labels):
+    raise ValueError(f"{path} holds {len(images)} images but {len(labels)} labels.")
+  return images, labels, settings
 
 
 def check_samples_settings(path: str, settings: dict, config) -> None:
@@ -48,22 +65,6 @@ def check_samples_settings(path: str, settings: dict, config) -> None:
                      "made it, or evaluate samples of this configuration.")
 
 
-def load_samples_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Images [N, H, W, C] in [-1, 1] and labels [N] from a sample .npz."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"samples file {path!r} does not exist "
-                            "(config.evaluation.samples_npz).")
-  with np.load(path) as z:
-    if "images" not in z.files or "labels" not in z.files:
-      raise KeyError(f"{path} must hold 'images' [N,H,W,C] in [-1,1] and 'labels' [N]; "
-                     f"it has {z.files}.")
-    images = np.asarray(z["images"], np.float32)
-    labels = np.asarray(z["labels"], np.int32)
-  if images.ndim == 3:
-    images = images[..., None]
-  return images, labels
-
-
 def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Images and conditioning labels of a real split (input_pipeline.load_split_arrays)."""
   from solar_ddpm_jax import input_pipeline
@@ -73,7 +74,7 @@ def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *, source: str,
-                  image_shape) -> str:
+                  image_shape, settings: dict | None = None) -> str:
   """Writes one feature file with its settings (on process 0 of a multi-host job)."""
   import jax
   if jax.process_index() != 0:
@@ -83,7 +84,7 @@ def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *
   np.savez(path, features=np.asarray(feats, np.float32), labels=np.asarray(labels, np.int32),
            extractor=s["extractor"], weights=s["weights"], weights_sha256=s["weights_sha256"],
            preprocessing=s["preprocessing"], count=len(feats), source=source,
-           image_shape=json.dumps(list(image_shape)))
+           image_shape=json.dumps(list(image_shape)), settings=json.dumps(settings or {}))
   return path
 
 
@@ -94,26 +95,31 @@ def load_features(path: str) -> dict:
   for k in ("extractor", "weights", "weights_sha256", "preprocessing", "source", "image_shape"):
     out[k] = str(out[k])
   out["count"] = int(out["count"])
+  out["settings"] = json.loads(str(out["settings"])) if "settings" in out else {}
   return out
 
 
 def export_features(config, workdir: str) -> dict:
   """Features of the real split (and of config.evaluation.samples_npz) for every extractor."""
   ev = config.evaluation
-  sources = {f"real_{ev.real_split}": lambda: load_real(config, ev.real_split)}
-  if ev.samples_npz:
-    sources["samples"] = lambda: load_samples_npz(ev.samples_npz)
+  data_settings = outputs.sample_data_settings(config.data)
+  sources = {f"real_{ev.real_split}":
+             lambda: (*load_real(config, ev.real_split), dict(data_settings, split=ev.real_split))}
   loaded = {}
+  if ev.samples_npz:  # Read (and its data settings checked) before any features are computed.
+    sources["samples"] = None
+    loaded["samples"] = load_samples(ev.samples_npz, config)
   written = {}
   for name in features_lib.extractor_names(ev.extractors):
     extractor = features_lib.build_extractor(name, config, workdir)
     for source, load in sources.items():
       if source not in loaded:
         loaded[source] = load()
-      images, labels = loaded[source]
+      images, labels, settings = loaded[source]
       feats = features_lib.extract(extractor, images, batch_size=int(ev.batch_size))
       path = os.path.join(features_dir(config, workdir), f"{source}_{name}.npz")
       written[f"{source}/{name}"] = save_features(path, feats, labels, extractor, source=source,
-                                                  image_shape=images.shape[1:])
+                                                  image_shape=images.shape[1:],
+                                                  settings=settings)
       logging.info("Wrote %d %s features of %s to %s", len(feats), name, source, path)
   return written

@@ -229,12 +229,10 @@ def evaluate(config, workdir: str) -> dict:
   out_dir = os.path.join(workdir, "evaluation")
   if writer:
     os.makedirs(out_dir, exist_ok=True)
-  real = export.load_real(config, ev.real_split)
   generate_fn = None
-  if ev.samples_npz:
-    fake = export.load_samples_npz(ev.samples_npz)
-    recorded = export.load_samples_settings(ev.samples_npz)
-    export.check_samples_settings(ev.samples_npz, recorded, config)
+  if ev.samples_npz:  # Read (and its data settings checked) before anything else is done.
+    images, labels, recorded = export.load_samples(ev.samples_npz, config)
+    fake = (images, labels)
     # The .npz's own record of how it was sampled, not this config's sampling settings.
     sampling = {k: recorded[k] for k in recorded if k not in outputs.SAMPLE_DATA_KEYS}
     if not sampling:
@@ -249,6 +247,7 @@ def evaluate(config, workdir: str) -> dict:
     if writer:
       np.savez(os.path.join(out_dir, "samples.npz"), images=fake[0], labels=fake[1],
                settings=json.dumps(dict(sampling, **outputs.sample_data_settings(config.data))))
+  real = export.load_real(config, ev.real_split)
   report = run_report(config, workdir, real, fake, generate_fn=generate_fn, sampling=sampling)
   if writer:
     write_report(report, out_dir, real, fake, config)
