@@ -46,6 +46,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.degradation_table = ""  # aiapy correction table file; "" = no degradation correction.
   data.goes_scaling = "science"  # GOES flux policy: "science" (true flux) or "noaa_0.7" (old NOAA).
   data.goes_tolerance_s = 60.0  # Largest distance (s) to a valid GOES sample at the image time.
+  # Each time takes its GOES flux from one satellite, the others fill its gaps.
+  data.goes_satellites = ""  # Preference, e.g. "15,13" ("": the one with data in most minutes).
   data.max_nan_fraction = 0.0  # Images with more NaN/inf pixels are skipped (fewer are set to 0).
   data.allowed_quality = 0  # Bits of the AIA QUALITY keyword that are tolerated (0: none).
   data.channel_match_s = 60.0  # Channels of one multichannel frame lie this close in time (s).

@@ -76,6 +76,76 @@ def test_netcdf_flags_and_gap():
     goes.flux_at(series, 500.0, 60.0)
 
 
+def test_netcdf_quality_follows_the_files_own_good_data_mask(tmp_path):
+  """1-minute averages flag the electron correction in bits above good_data's mask (7 on
+  GOES-15, 3 on GOES-16): those samples are good data; bits inside the mask are not."""
+  import shutil
+
+  import h5py
+  for name, mask in (("sci_xrsf-l2-avg1m_g15_d20190102_truncated.nc", 7),
+                     ("sci_xrsf-l2-avg1m_g16_d20210101_truncated.nc", 3)):
+    path = str(tmp_path / name)
+    shutil.copy(os.path.join(TEST_DIR, name), path)
+    assert goes.good_data_mask(path) == mask
+    with h5py.File(path, "r+") as f:
+      n = f["xrsb_flag"].shape[0]
+      flags = np.array([0, 1, 2, 4, 8, 16, 32, 64, 17, 48], np.int64)[np.arange(n) % 10]
+      f["xrsb_flag"][...] = flags.astype(f["xrsb_flag"].dtype)
+      flux = np.asarray(f["xrsb_flux"][...], np.float64)
+    data = goes.read_goes_file(path, "science")
+    keep = ((flags & mask) == 0) & np.isfinite(flux) & (flux > 0)
+    assert 0 < len(data) == keep.sum() < n
+    np.testing.assert_allclose(np.sort(data.flux_w_m2), np.sort(flux[keep]))
+  # The untouched GOES-15 averages: every sample is flagged 16 (electron correction), all kept.
+  untouched = goes.read_goes_file(
+      os.path.join(TEST_DIR, "sci_xrsf-l2-avg1m_g15_d20190102_truncated.nc"), "science")
+  assert len(untouched) == 51
+
+
+def _series(times, flux, satellite):
+  times = np.asarray(times, np.float64)
+  return goes.GoesFlux(times, np.asarray(flux, np.float64) * np.ones(len(times)),
+                       np.array([satellite] * len(times)), "science")
+
+
+def test_merge_takes_each_time_from_one_satellite_and_fills_gaps():
+  a_t = np.concatenate([np.arange(0, 2000, 60.0), np.arange(3020, 6000, 60.0)])  # A gap of 17 min.
+  a = _series(a_t, 1e-6, "GOES-15")
+  b = _series(np.arange(1, 8000, 60.0), 1.1e-6, "GOES-13")  # Interleaved with A, 10 % higher.
+  merged = goes.merge([b, a])
+  # GOES-13 has data in more minutes (it covers A's gap and goes on after A): it is the primary.
+  assert set(merged.satellite) == {"GOES-13"}
+  np.testing.assert_array_equal(merged.time_unix_s, b.time_unix_s)
+  preferred = goes.merge([b, a], prefer=["GOES-15"])
+  # Independently: every A sample; a B sample only where no A sample is within 60 s.
+  near_a = np.array([np.min(np.abs(a_t - t)) <= 60.0 for t in b.time_unix_s])
+  want_t = np.sort(np.concatenate([a_t, b.time_unix_s[~near_a]]))
+  np.testing.assert_array_equal(preferred.time_unix_s, want_t)
+  from_b = preferred.satellite == "GOES-13"
+  np.testing.assert_array_equal(preferred.time_unix_s[from_b], b.time_unix_s[~near_a])
+  assert from_b.any() and (preferred.time_unix_s[from_b] > 1900).all()  # Only in gaps or after.
+  np.testing.assert_array_equal(preferred.flux_w_m2[~from_b], 1e-6)
+  # Between two GOES-15 samples the label interpolates GOES-15 only (no saw-tooth).
+  assert goes.flux_at(preferred, 630.5)[0] == pytest.approx(1e-6)
+  assert goes.merge([b, a], prefer=["15"]).time_unix_s.tolist() == want_t.tolist()
+
+
+def test_merge_prefers_the_finer_cadence_of_one_satellite():
+  fine = _series(np.arange(0, 3600, 2.0), 2e-6, "GOES-15")
+  minute = _series(np.arange(30, 3600, 60.0), 2.2e-6, "GOES-15")
+  merged = goes.merge([minute, fine])
+  np.testing.assert_array_equal(merged.time_unix_s, fine.time_unix_s)
+  np.testing.assert_array_equal(merged.flux_w_m2, 2e-6)
+
+
+def test_merge_of_files_without_valid_samples_is_empty():
+  empty = goes.GoesFlux(np.zeros(0), np.zeros(0), np.zeros(0, str), "science")
+  merged = goes.merge([empty, empty])
+  assert len(merged) == 0 and merged.policy == "science"
+  with pytest.raises(goes.GoesGapError):
+    goes.flux_at(merged, 0.0, 60.0)
+
+
 def test_native_scale_of_goes16_and_later_files_is_the_true_flux():
   # GOES-16+ XRS data never carried NOAA's 0.7 factor, whatever their processing level.
   assert goes.native_scale({}, "OR_XRSF-L1b_G16_s20172511200000_e20172511200009.nc") == "science"

@@ -115,10 +115,12 @@ def test_bad_input_goes_to_skip_manifest(tmp_path):
   _, header = _shifted_copy(manual / "binned.fits", "2011-06-07T10:00:00.000")
   fits.writeto(manual / "binned.fits", data.reshape(64, 2, 64, 2).mean(axis=(1, 3)), header,
                overwrite=True)  # A 2x2-binned frame: another clip ceiling, so not in this set.
+  bad_goes = _all_flagged_goes(manual / "goes")
   b = _build(_data_config(), manual, tmp_path / "tfds")
   reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
   assert set(reasons) == {"truncated.fits", "nans.fits", "wrong_wavelength.fits",
-                          "no_exptime.fits", "goes_gap.fits", "binned.fits"}
+                          "no_exptime.fits", "goes_gap.fits", "binned.fits", bad_goes}
+  assert "without a valid 1-8 A sample" in reasons[bad_goes]
   assert "64x64" in reasons["binned.fits"] and "data.frame_px=128" in reasons["binned.fits"]
   assert "truncated" in reasons["truncated.fits"] or "unreadable" in reasons["truncated.fits"]
   assert "NaN" in reasons["nans.fits"]
@@ -128,6 +130,25 @@ def test_bad_input_goes_to_skip_manifest(tmp_path):
   names = [ex["source_file"].decode()
            for ex in tfds.as_numpy(b.as_dataset(split="train", shuffle_files=False))]
   assert sorted(names) == good
+
+
+def _all_flagged_goes(folder):
+  """A copy of sunpy's GOES-16 1-minute averages with every 1-8 A sample flagged bad data."""
+  import h5py
+  name = "sci_xrsf-l2-avg1m_g16_d20210101_truncated.nc"
+  shutil.copy(os.path.join(TEST_DIR, name), folder / name)
+  with h5py.File(folder / name, "r+") as f:
+    f["xrsb_flag"][...] = 2  # bad_data
+  return name
+
+
+def test_no_valid_goes_sample_stops_the_build_naming_the_folder(tmp_path):
+  manual = tmp_path / "manual"
+  os.makedirs(manual / "goes")
+  _all_flagged_goes(manual / "goes")
+  _shifted_copy(manual / "aia.fits", IMAGE_TIME)
+  with pytest.raises(ValueError, match=f"None of the 1 GOES XRS files under {manual}"):
+    _build(_data_config(), manual, tmp_path / "tfds")
 
 
 def test_synthetic_archive_headers_and_keys(tmp_path):

@@ -37,3 +37,24 @@ def test_no_direct_connection_check_behind_a_proxy(monkeypatch):
     fetch.check_online("192.0.2.1", timeout_s=0.5)
   monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
   fetch.check_online("192.0.2.1", timeout_s=0.5)  # Fido's requests go through the proxy.
+
+
+def test_goes_query_names_the_satellite_and_cadence(tmp_path, monkeypatch):
+  from sunpy.net import Fido
+  from sunpy.net.dataretriever import XRSClient
+  queries = []
+
+  class Fetched(list):
+    errors = []
+
+  monkeypatch.setattr(fetch, "check_online", lambda host: None)
+  monkeypatch.setattr(Fido, "search", lambda *attrs: queries.append(attrs) or attrs)
+  monkeypatch.setattr(Fido, "fetch", lambda result, **kwargs: Fetched())
+  fetch.fetch("2011-06-07", "2011-06-08", str(tmp_path), wavelengths=(171,), goes_satellite=15,
+              goes_resolution="avg1m")
+  goes_query = queries[-1]
+  assert XRSClient._can_handle_query(*goes_query)  # sunpy's XRS client takes the query as is.
+  names = {type(x).__name__: getattr(x, "value", None) for x in goes_query}
+  assert names["SatelliteNumber"] == 15 and names["Resolution"] == "avg1m"
+  fetch.fetch("2011-06-07", "2011-06-08", str(tmp_path), wavelengths=(171,))
+  assert {type(x).__name__ for x in queries[-1]} == {"Time", "Instrument"}

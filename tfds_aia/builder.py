@@ -52,7 +52,7 @@ GOES_PATTERNS = ("go[01][0-9]*.fits", "go[01][0-9]*.fits.gz", "*xrs*.nc", "g1[0-
 # Settings taken from config.data (defaults = configs/aia171.py); they change the output bytes.
 DEFAULT_SETTINGS = dict(
     downsample="sum", dn_ceiling=(3000.0,), stretch="log", asinh_a=0.01, register=False,
-    degradation_table="", goes_scaling="science", goes_tolerance_s=60.0,
+    degradation_table="", goes_scaling="science", goes_tolerance_s=60.0, goes_satellites="",
     forecast_window_hours=24.0, train_end="2014-01-01", val_end="2015-01-01",
     split_gap_hours=12.0, hek_events="", hek_window_minutes=30.0, hek_min_class="M",
     hek_scaling="noaa_0.7",
@@ -216,10 +216,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     flux_parts = []
     for path in goes_paths:
       try:
-        flux_parts.append(goes.read_goes_file(path, s["goes_scaling"]))
+        part = goes.read_goes_file(path, s["goes_scaling"])
       except Exception as e:
         self._skip(path, f"unreadable GOES XRS file ({e.__class__.__name__}: {e})")
-    xrs = goes.merge(flux_parts)
+        continue
+      if not len(part):
+        self._skip(path, "GOES XRS file without a valid 1-8 A sample (all flagged bad, missing "
+                   "or not positive)")
+      flux_parts.append(part)
+    if not sum(len(p) for p in flux_parts):
+      raise ValueError(
+          f"None of the {len(goes_paths)} GOES XRS files under {manual_dir} has a valid 1-8 A "
+          "sample, so no image can be labelled (unreadable, or every sample flagged bad); add "
+          "GOES XRS files that cover the AIA times (python -m tfds_aia.fetch).")
+    prefer = [x.strip() for x in s["goes_satellites"].split(",") if x.strip()]
+    xrs = goes.merge(flux_parts, prefer=prefer)
     events = hek.load_events(s["hek_events"]) if s["hek_events"] else None
     hek_factor = goes.policy_factor(s["hek_scaling"], s["goes_scaling"])
     items = []

@@ -65,9 +65,15 @@ def remove_truncated(folder: str) -> list[str]:
 
 
 def fetch(start: str, end: str, out_dir: str, *, wavelengths=(171,), cadence_minutes: float = 60.0,
-          goes: bool = True, host: str = "sdac.virtualsolar.org") -> dict:
+          goes: bool = True, goes_satellite: int = 0, goes_resolution: str = "",
+          host: str = "sdac.virtualsolar.org") -> dict:
   """Downloads AIA (per wavelength, at the cadence) and GOES XRS for [start, end); counts, with
-  `<name>_errors` for failed downloads and `<name>_truncated_removed` for cut-off files."""
+  `<name>_errors` for failed downloads and `<name>_truncated_removed` for cut-off files.
+
+  GOES XRS: every satellite and cadence the archive has for the time range, or only
+  `goes_satellite` (e.g. 15) and `goes_resolution` ("avg1m" 1-minute averages, "flx1s" 1 s / 2 s
+  fluxes) where given; the builder takes each time from one satellite (data.goes_satellites).
+  """
   check_online(host)
   import astropy.units as u
   from sunpy.net import Fido
@@ -77,7 +83,12 @@ def fetch(start: str, end: str, out_dir: str, *, wavelengths=(171,), cadence_min
       a.Time(start, end), a.Instrument.aia, a.Wavelength(int(w) * u.angstrom),
       a.Sample(float(cadence_minutes) * u.minute))) for w in wavelengths}
   if goes:
-    queries["goes"] = (os.path.join(out_dir, "goes"), (a.Time(start, end), a.Instrument.xrs))
+    goes_attrs = [a.Time(start, end), a.Instrument.xrs]
+    if goes_satellite:
+      goes_attrs.append(a.goes.SatelliteNumber(int(goes_satellite)))
+    if goes_resolution:
+      goes_attrs.append(a.Resolution(goes_resolution))
+    queries["goes"] = (os.path.join(out_dir, "goes"), tuple(goes_attrs))
   for name, (folder, attrs) in queries.items():
     os.makedirs(folder, exist_ok=True)
     removed = remove_truncated(folder)
@@ -98,11 +109,16 @@ def main(argv=None):
   parser.add_argument("--wavelengths", default="171", help="Comma-separated, e.g. 171,193")
   parser.add_argument("--cadence_minutes", type=float, default=60.0)
   parser.add_argument("--no_goes", action="store_true")
+  parser.add_argument("--goes_satellite", type=int, default=0,
+                      help="Only this GOES satellite's XRS files, e.g. 15 (default: all)")
+  parser.add_argument("--goes_resolution", default="", choices=("", "avg1m", "flx1s"),
+                      help="Only 1-minute averages (avg1m) or 1 s / 2 s fluxes (flx1s)")
   args = parser.parse_args(argv)
   try:
     counts = fetch(args.start, args.end, args.out,
                    wavelengths=[int(w) for w in args.wavelengths.split(",")],
-                   cadence_minutes=args.cadence_minutes, goes=not args.no_goes)
+                   cadence_minutes=args.cadence_minutes, goes=not args.no_goes,
+                   goes_satellite=args.goes_satellite, goes_resolution=args.goes_resolution)
   except OfflineError as e:
     raise SystemExit(f"error: {e}") from None
   print(counts)

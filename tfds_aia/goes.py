@@ -96,11 +96,39 @@ def policy_factor(native: str, policy: str) -> float:
   return 1.0 / NOAA_SCALING if policy == "science" else NOAA_SCALING
 
 
+# The 1-8 A flag variables of XRS netCDF files, in the order sunpy's XRSTimeSeries reads them.
+_XRSB_FLAG_VARIABLES = ("b_flags", "xrsb_flags", "xrsb_flag")
+
+
+def good_data_mask(path: str) -> int | None:
+  """The bits of a netCDF file's 1-8 A quality flag that mark bad data, from the flag variable's
+  own CF attributes (the flag_masks entry of its "good_data" meaning): 7 in GOES-13..15 1-minute
+  science averages, 3 in GOES-16+ ones, all bits in the 1 s and 2 s files. The other bits of the
+  averages say how the electron correction went (e.g. 16, "electron_correction_invalid" on
+  GOES-15, is not bad data by the file's own definition). None: no flag variable, or no
+  good_data meaning (then any non-zero flag is bad).
+  """
+  import h5netcdf
+  with h5netcdf.File(str(path), "r") as f:
+    for name in _XRSB_FLAG_VARIABLES:
+      if name in f.variables:
+        attrs = f.variables[name].attrs
+        break
+    else:
+      return None
+    meanings = attrs.get("flag_meanings", "")
+    meanings = (meanings.decode() if isinstance(meanings, bytes) else str(meanings)).split()
+    masks = np.atleast_1d(np.asarray(attrs.get("flag_masks", []))).tolist()
+    if "good_data" not in meanings or len(masks) != len(meanings):
+      return None
+    return int(masks[meanings.index("good_data")])
+
+
 def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
   """One GOES XRS file (GOES-13/14/15 FITS or netCDF, GOES-16+ netCDF) via sunpy's TimeSeries.
 
-  Keeps the 1-8 A channel (xrsb) where it is finite, positive and (when the file has flags) its
-  quality flag is 0; scales it to `policy`.
+  Keeps the 1-8 A channel (xrsb) where it is finite, positive and (when the file has flags) good
+  by the file's own definition of good data (good_data_mask); scales it to `policy`.
   """
   import sunpy.timeseries
 
@@ -109,8 +137,10 @@ def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
   flux = frame["xrsb"].to_numpy(np.float64)
   good = np.isfinite(flux) & (flux > 0)
   if "xrsb_quality" in frame:
-    quality = frame["xrsb_quality"].to_numpy()
-    good &= np.nan_to_num(quality.astype(np.float64), nan=1.0) == 0
+    quality = frame["xrsb_quality"].to_numpy().astype(np.float64)
+    mask = good_data_mask(path) if str(path).endswith(".nc") else None
+    flags = np.where(np.isfinite(quality), quality, -1).astype(np.int64)  # NaN: bad.
+    good &= (flags >= 0) & ((flags & (mask if mask is not None else -1)) == 0)
   times = frame.index.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
   meta = dict(series.meta.metas[0]) if series.meta.metas else {}
   satellite = series.observatory or "GOES"
@@ -120,22 +150,75 @@ def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
                   satellite=np.full(int(good.sum()), satellite), policy=policy)
 
 
-def merge(parts: list[GoesFlux]) -> GoesFlux:
-  """Several files as one time series (the first file wins on identical times)."""
+def _satellite_number(name: str) -> str:
+  m = re.search(r"(\d+)\s*$", str(name))
+  return str(int(m.group(1))) if m else str(name).strip().upper()
+
+
+def merge(parts: list[GoesFlux], prefer=(), fill_gap_s: float = 60.0) -> GoesFlux:
+  """Several files as one series that takes each time from one satellite.
+
+  The files are pooled per satellite and cadence (1-minute averages apart from the 1 s / 2 s
+  fluxes; the first file wins on identical times). These sources are ranked: the satellites of
+  `prefer` first, in its order (names such as "GOES-15" or numbers, "15"), then the one with
+  data in the most minutes, then the finer cadence, then the name. The first source is taken
+  whole; a sample of a later one is kept only where no sample already taken is within
+  `fill_gap_s`, so that the gaps of the primary are filled and the series never alternates
+  between satellites, whose fluxes differ by several per cent.
+  """
   if not parts:
     raise ValueError("No GOES XRS data.")
-  t = np.concatenate([p.time_unix_s for p in parts])
+  policy = parts[0].policy
+  sources: dict = {}
+  for p in parts:
+    if not len(p):
+      continue
+    step = float(np.median(np.diff(p.time_unix_s))) if len(p) > 1 else 60.0
+    for sat in dict.fromkeys(p.satellite.tolist()):
+      rows = p.satellite == sat
+      sources.setdefault((sat, "1min" if step >= 30.0 else "fine"), []).append(
+          (p.time_unix_s[rows], p.flux_w_m2[rows]))
+  if not sources:
+    return GoesFlux(np.zeros(0), np.zeros(0), np.zeros(0, str), policy)
+  pooled = {}
+  for key, chunks in sources.items():
+    t = np.concatenate([c[0] for c in chunks])
+    f = np.concatenate([c[1] for c in chunks])
+    order = np.argsort(t, kind="stable")
+    t, f = t[order], f[order]
+    keep = np.concatenate([[True], np.diff(t) > 0])
+    pooled[key] = (t[keep], f[keep])
+  wanted = [_satellite_number(x) for x in prefer]
+
+  def rank(key):
+    sat, cadence = key
+    number = _satellite_number(sat)
+    first = wanted.index(number) if number in wanted else len(wanted)
+    minutes = np.unique(np.floor(pooled[key][0] / 60.0)).size
+    return (first, -minutes, cadence != "fine", sat)
+
+  taken_t, taken_f, taken_s = [], [], []
+  for key in sorted(pooled, key=rank):
+    t, f = pooled[key]
+    if taken_t:
+      have = np.sort(np.concatenate(taken_t))
+      i = np.searchsorted(have, t)
+      left = np.abs(t - have[np.clip(i - 1, 0, len(have) - 1)])
+      right = np.abs(have[np.clip(i, 0, len(have) - 1)] - t)
+      free = np.minimum(left, right) > fill_gap_s
+      t, f = t[free], f[free]
+    taken_t.append(t)
+    taken_f.append(f)
+    taken_s.append(np.full(len(t), key[0]))
+  t = np.concatenate(taken_t)
   order = np.argsort(t, kind="stable")
-  t = t[order]
-  keep = np.concatenate([[True], np.diff(t) > 0])
-  pick = lambda a: np.concatenate(a)[order][keep]
-  return GoesFlux(time_unix_s=t[keep], flux_w_m2=pick([p.flux_w_m2 for p in parts]),
-                  satellite=pick([p.satellite for p in parts]), policy=parts[0].policy)
+  return GoesFlux(time_unix_s=t[order], flux_w_m2=np.concatenate(taken_f)[order],
+                  satellite=np.concatenate(taken_s)[order], policy=policy)
 
 
-def read_goes(paths, policy: str = "science") -> GoesFlux:
-  """All GOES XRS files of an archive, merged into one sorted series."""
-  return merge([read_goes_file(p, policy) for p in sorted(paths)])
+def read_goes(paths, policy: str = "science", prefer=()) -> GoesFlux:
+  """All GOES XRS files of an archive, merged into one sorted series (see merge)."""
+  return merge([read_goes_file(p, policy) for p in sorted(paths)], prefer)
 
 
 def flux_at(goes: GoesFlux, time_unix_s: float, tolerance_s: float = 60.0) -> tuple[float, str]:
