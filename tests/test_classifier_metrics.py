@@ -97,3 +97,12 @@ def test_aggregate_over_seeds():
   assert agg["HSS>=M"]["mean"] == pytest.approx((2 * (1 * 2 - 0) / (2 * 3 + 1 * 2) + 1.0) / 2)
   assert "TSS>=C" not in agg
   assert "TSS>=M" not in metrics.classification_report([0, 1, 2], [0, 1, 2], list("abc"))
+
+
+def test_labels_outside_the_classes_are_refused():
+  with pytest.raises(ValueError, match="1 true labels outside 0..4"):
+    metrics.confusion_matrix([0, -1, 2], [0, 1, 2], 5)
+  with pytest.raises(ValueError, match="predictions outside 0..4"):
+    metrics.confusion_matrix([0, 1, 2], [0, 5, 2], 5)
+  with pytest.raises(ValueError, match="3 true labels but 2 predictions"):
+    metrics.confusion_matrix([0, 1, 2], [0, 1], 5)

@@ -103,8 +103,8 @@ def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir
   dom = out["features"]["domain"]
   assert dom["settings"]["weights_sha256"] and dom["settings"]["reference_split"] == "test"
   assert dom["settings"]["count_real"] == 20 and dom["all"]["fid"] > 0
-  assert dom["all"]["fid_ci"]["num_resamples"] == config.evaluation.bootstrap
-  assert {"kid", "kid_sem", "precision", "coverage", "clusters"} <= set(dom["all"])
+  assert dom["all"]["fid_ci"]["num_subsets"] == config.evaluation.bootstrap
+  assert {"kid", "kid_se", "precision", "coverage", "clusters"} <= set(dom["all"])
   assert dom["A"]["count_real"] == 4 and dom["A"]["count_generated"] == 3
   phys = out["physics"]
   assert phys["X"]["count_real"] == 4 and phys["all"]["wasserstein_dn_s"] > 0
@@ -114,6 +114,10 @@ def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir
     assert json.load(f)["features"]["domain"]["all"]["fid"] == dom["all"]["fid"]
   md = open(os.path.join(d, "report.md")).read()
   assert "Skipped:" in md and "weights_sha256=" in md and "| all |" in md
+  # 3 generated A images: precision/recall with k = 2, not pr_k, and the table says so.
+  assert dom["A"]["k"] == 2 < config.evaluation.pr_k
+  assert "(k=2)" in next(line for line in md.splitlines() if line.startswith("| A |"))
+  assert "(k=" not in next(line for line in md.splitlines() if line.startswith("| all |"))
   for png in ("histograms.png", "spectra.png", "profiles.png", "metrics_table.png"):
     assert os.path.getsize(os.path.join(d, png)) > 1000, png
 

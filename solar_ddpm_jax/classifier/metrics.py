@@ -9,6 +9,13 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
   """Counts [num_classes, num_classes]: row = true class, column = predicted class."""
   y_true = np.asarray(y_true, np.int64).ravel()
   y_pred = np.asarray(y_pred, np.int64).ravel()
+  if len(y_true) != len(y_pred):
+    raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions.")
+  for name, y in (("true labels", y_true), ("predictions", y_pred)):
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():  # np.add.at would count -1 as the last class.
+      raise ValueError(f"{int(bad.sum())} {name} outside 0..{num_classes - 1} "
+                       f"(e.g. {int(y[bad][0])}).")
   cm = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(cm, (y_true, y_pred), 1)
   return cm

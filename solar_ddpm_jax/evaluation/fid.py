@@ -1,7 +1,9 @@
 """Distances between feature sets in numpy float64: FID, KID, precision/recall, density/coverage.
 
 Features are [num_images, dim] arrays from one extractor. Every function is deterministic for its
-seed, and `bootstrap_ci` gives percentile confidence intervals for any of them.
+seed. Uncertainties: `subsample_interval` for FID (half-set subsampling, because the bootstrap's
+repeated images bias every resampled FID upward), the jackknife standard error for KID
+(`mmd2_jackknife`), and a bootstrap of the per-image terms for precision/recall/density/coverage.
 """
 
 from __future__ import annotations
@@ -79,9 +81,52 @@ def mmd2_unbiased(x, y) -> float:
                + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
 
 
+def _kernel_sums(x, y, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+  """Row and column sums of polynomial_kernel(x, y), a block of rows at a time."""
+  rows = np.zeros(len(x))
+  cols = np.zeros(len(y))
+  for i in range(0, len(x), block):
+    k = polynomial_kernel(x[i:i + block], y)
+    rows[i:i + block] = k.sum(axis=1)
+    cols += k.sum(axis=0)
+  return rows, cols
+
+
+def mmd2_jackknife(x, y) -> tuple[float, float]:
+  """(unbiased MMD^2 of all rows, its jackknife standard error).
+
+  The two-sample delete-one jackknife (Arvesen 1969), whose variance estimate is consistent for
+  U-statistics such as the unbiased MMD^2: se^2 = (m-1)/m sum_i (t_(i) - mean_i t_(i))^2 + the
+  same over the rows of y, where t_(i) leaves out one row. Every t_(i) comes from the kernel
+  matrices' row sums, so the cost is that of one MMD^2 (computed in blocks of rows).
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  m, n = len(x), len(y)
+  if min(m, n) < 3:
+    raise ValueError("the KID standard error needs at least 3 images in each set.")
+  rxx = _kernel_sums(x, x)[0] - ((x * x).sum(1) / x.shape[1] + 1.0) ** 3  # Off-diagonal.
+  ryy = _kernel_sums(y, y)[0] - ((y * y).sum(1) / y.shape[1] + 1.0) ** 3
+  rxy, cxy = _kernel_sums(x, y)
+  sxx, syy, sxy = rxx.sum(), ryy.sum(), rxy.sum()
+  value = sxx / (m * (m - 1)) + syy / (n * (n - 1)) - 2.0 * sxy / (m * n)
+  without_x = ((sxx - 2.0 * rxx) / ((m - 1) * (m - 2)) + syy / (n * (n - 1))
+               - 2.0 * (sxy - rxy) / ((m - 1) * n))
+  without_y = (sxx / (m * (m - 1)) + (syy - 2.0 * ryy) / ((n - 1) * (n - 2))
+               - 2.0 * (sxy - cxy) / (m * (n - 1)))
+  var = ((m - 1) / m * ((without_x - without_x.mean()) ** 2).sum()
+         + (n - 1) / n * ((without_y - without_y.mean()) ** 2).sum())
+  return float(value), float(np.sqrt(var))
+
+
 def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: int = 100,
         seed: int = 0) -> dict:
-  """KID: mean unbiased MMD^2 over random subsets, with its std and standard error."""
+  """KID: the mean unbiased MMD^2 over random subsets (kid; as torch-fidelity and clean-fid),
+  the std over those subsets (kid_std, ddof 0 as torch-fidelity), and the unbiased MMD^2 of all
+  images with its jackknife standard error (kid_all, kid_se; mmd2_jackknife). kid_se is the
+  sampling error of KID given the two sets; kid_std is not (subsets of one set overlap, and are
+  all the same set when the sets are no larger than subset_size).
+  """
   x = np.asarray(real_features, np.float64)
   y = np.asarray(fake_features, np.float64)
   size = int(min(subset_size, len(x), len(y)))
@@ -91,9 +136,11 @@ def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: i
   values = np.array([
       mmd2_unbiased(x[rng.choice(len(x), size, replace=False)],
                     y[rng.choice(len(y), size, replace=False)]) for _ in range(num_subsets)])
-  std = float(values.std(ddof=1)) if num_subsets > 1 else 0.0
-  return dict(kid=float(values.mean()), kid_std=std, kid_sem=std / np.sqrt(num_subsets),
-              subset_size=size, num_subsets=int(num_subsets))
+  out = dict(kid=float(values.mean()), kid_std=float(values.std()), subset_size=size,
+             num_subsets=int(num_subsets))
+  if min(len(x), len(y)) >= 3:
+    out["kid_all"], out["kid_se"] = mmd2_jackknife(x, y)
+  return out
 
 
 def pairwise_distances(x, y) -> np.ndarray:
@@ -144,17 +191,35 @@ def _percentile_ci(values, level: float) -> dict:
               else 0.0, num_resamples=len(values), level=level)
 
 
-def bootstrap_ci(metric_fn, real_features, fake_features, *, num_resamples: int = 200,
-                 seed: int = 0, level: float = 0.95) -> dict:
-  """Percentile bootstrap interval of `metric_fn(real, fake) -> float`, resampling both sets."""
+def subsample_interval(metric_fn, real_features, fake_features, *, num_subsets: int = 200,
+                       seed: int = 0, level: float = 0.95) -> dict:
+  """Normal interval of `metric_fn(real, fake) -> float` (FID) with a subsampling standard error.
+
+  Each of `num_subsets` draws takes half of each set without replacement; by Politis & Romano's
+  subsampling, se = sqrt(m / n) x the std of the half-set values (m = n / 2 per set). The
+  interval is value +- z se, clipped at 0. A bootstrap does not serve here: its resamples repeat
+  about a third of the images, and FID's positive finite-sample bias grows as the distinct images
+  shrink, so every resampled FID lies above the estimate. The interval is the sampling error at
+  these set sizes; the bias itself (FID falls as the sets grow) is not removed, so FIDs compare
+  only at equal counts.
+  """
+  import scipy.stats
   real = np.asarray(real_features)
   fake = np.asarray(fake_features)
+  m_real, m_fake = max(len(real) // 2, 2), max(len(fake) // 2, 2)
+  if min(len(real), len(fake)) < 4:
+    raise ValueError("a FID interval needs at least 4 images in each set.")
   rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(int(num_resamples)):
-    values.append(metric_fn(real[rng.integers(0, len(real), len(real))],
-                            fake[rng.integers(0, len(fake), len(fake))]))
-  return _percentile_ci(values, level)
+  values = np.array([metric_fn(real[rng.choice(len(real), m_real, replace=False)],
+                               fake[rng.choice(len(fake), m_fake, replace=False)])
+                     for _ in range(int(num_subsets))])
+  scale = np.sqrt(0.5 * (m_real / len(real) + m_fake / len(fake)))
+  se = float(scale * values.std(ddof=1))
+  value = float(metric_fn(real, fake))
+  z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+  return dict(low=max(value - z * se, 0.0), high=value + z * se, se=se,
+              num_subsets=int(num_subsets), level=level,
+              method="normal, subsampling s.e. (half sets without replacement)")
 
 
 def prdc_bootstrap_ci(real_features, fake_features, *, k: int = 5, num_resamples: int = 200,

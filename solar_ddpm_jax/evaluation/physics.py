@@ -13,19 +13,44 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-MAX_PIXELS = 200_000  # Pixels per set fed to the Wasserstein distance (evenly subsampled).
+EXACT_PIXELS = 2_000_000  # Up to this many pixels per set, W1 from the sorted values.
+W1_BINS = 1 << 20  # Above: from cumulative histograms of this many equal bins.
 
 
-def _subsample(values, max_count: int = MAX_PIXELS) -> np.ndarray:
-  values = np.asarray(values, np.float64).ravel()
-  if len(values) <= max_count:
-    return values
-  return values[np.linspace(0, len(values) - 1, max_count).astype(np.int64)]
+def _cumulative(values_sets, lo: float, width: float, chunk: int = 1 << 24) -> list:
+  """Cumulative distribution at the W1_BINS right bin edges of each set (a chunk at a time)."""
+  out = []
+  for values in values_sets:
+    flat = np.asarray(values).reshape(-1)
+    counts = np.zeros(W1_BINS, np.int64)
+    for i in range(0, len(flat), chunk):
+      part = np.asarray(flat[i:i + chunk], np.float64)
+      index = np.clip(((part - lo) / width).astype(np.int64), 0, W1_BINS - 1)
+      counts += np.bincount(index, minlength=W1_BINS)
+    out.append(np.cumsum(counts) / len(flat))
+  return out
 
 
 def wasserstein(real_dn, fake_dn) -> float:
-  """W1 distance (DN/s) between the pixel values of two image sets."""
-  return float(scipy.stats.wasserstein_distance(_subsample(real_dn), _subsample(fake_dn)))
+  """W1 distance (DN/s) between the pixel values of two image sets, from all pixels.
+
+  Exact (scipy, sorted values) up to EXACT_PIXELS per set; above that the integral of |F - G|
+  over W1_BINS equal bins spanning both sets' values, which is within two bin widths
+  (2 (max - min) / 2^20: 0.37 DN/s for 64 px block sums at the 3,000 DN/s ceiling) of the exact
+  value, in O(pixels) time and O(bins) memory. No pixels are subsampled: a subsample of 200,000
+  pixels has a W1 noise of about 1-2 DN/s on AIA discs, as large as the distances compared.
+  """
+  real, fake = np.asarray(real_dn), np.asarray(fake_dn)
+  if max(real.size, fake.size) <= EXACT_PIXELS:
+    return float(scipy.stats.wasserstein_distance(real.ravel().astype(np.float64),
+                                                  fake.ravel().astype(np.float64)))
+  lo = float(min(real.min(), fake.min()))
+  hi = float(max(real.max(), fake.max()))
+  if hi <= lo:
+    return 0.0
+  width = (hi - lo) / W1_BINS
+  cdf_real, cdf_fake = _cumulative((real, fake), lo, width)
+  return float(np.abs(cdf_real - cdf_fake).sum() * width)
 
 
 def intensity_histogram(images_dn, bin_edges) -> np.ndarray:

@@ -31,15 +31,16 @@ def _class_names(labels) -> dict[str, np.ndarray]:
 
 
 def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
-  """FID (+bootstrap CI), KID (+s.e.), PRDC (+bootstrap CI), NDB/JS of two feature sets."""
+  """FID (+subsampling interval), KID (+jackknife s.e.), PRDC (+bootstrap CI), NDB/JS."""
   out = {}
   n_min = min(len(real), len(fake))
   if n_min < 2:
     return {"skipped": f"too few images (real {len(real)}, generated {len(fake)}; need >= 2)"}
   boot = int(ev.bootstrap)
   out["fid"] = fid_lib.fid(real, fake)
-  if boot > 1:
-    out["fid_ci"] = fid_lib.bootstrap_ci(fid_lib.fid, real, fake, num_resamples=boot, seed=seed)
+  if boot > 1 and n_min >= 4:
+    out["fid_ci"] = fid_lib.subsample_interval(fid_lib.fid, real, fake, num_subsets=boot,
+                                               seed=seed)
   out.update(fid_lib.kid(real, fake, subset_size=int(ev.kid_subset_size),
                          num_subsets=int(ev.kid_subsets), seed=seed))
   cap = int(ev.get("pr_max_count", 10_000))
@@ -284,9 +285,11 @@ def markdown(report: dict) -> str:
       ci = m.get("fid_ci")
       fid_s = _fmt(m["fid"]) + (f" [{ci['low']:.4g}, {ci['high']:.4g}]" if ci else "")
       c = m.get("clusters", {})
+      k = m.get("k")  # Lowered for a class of fewer than pr_k + 1 images: another metric.
+      k_s = f" (k={k})" if k is not None and k != s.get("pr_k") else ""
       lines.append(
           f"| {cls} | {m['count_real']} | {m['count_generated']} | {fid_s} | "
-          f"{_fmt(m['kid'])} ± {_fmt(m['kid_sem'])} | {_fmt(m.get('precision'))} | "
+          f"{_fmt(m['kid'])} ± {_fmt(m.get('kid_se'))} | {_fmt(m.get('precision'))}{k_s} | "
           f"{_fmt(m.get('recall'))} | {_fmt(m.get('density'))} | {_fmt(m.get('coverage'))} | "
           f"{_fmt(c.get('ndb_fraction'))} | {_fmt(c.get('js'))} |")
     lines.append("")
@@ -372,7 +375,7 @@ def _plots(report, out_dir, real, fake, config) -> list[str]:
       continue
     m = entry.get("all", {})
     if "fid" in m:
-      rows.append([name, f"{m['fid']:.3g}", f"{m['kid']:.3g}±{m['kid_sem']:.2g}",
+      rows.append([name, f"{m['fid']:.3g}", f"{m['kid']:.3g}±{m.get('kid_se', float('nan')):.2g}",
                    _fmt(m.get("precision")), _fmt(m.get("recall")),
                    f"{entry['settings']['weights_sha256'][:10]}",
                    str(entry["settings"]["count_real"]), str(entry["settings"]["count_generated"])])
