@@ -82,6 +82,11 @@ def make_betas(diffusion_config) -> np.ndarray:
   raise ValueError(f"Unknown diffusion.beta_schedule {c.beta_schedule!r}: 'linear' or 'cosine'.")
 
 
+def alphas_cumprod_f64(diffusion_config) -> np.ndarray:
+  """abar [T] of config.diffusion in float64 (the samplers' step coefficients come from it)."""
+  return np.cumprod(1.0 - make_betas(diffusion_config))
+
+
 def make_schedule(diffusion_config) -> Schedule:
   """The Schedule of `config.diffusion` (beta_schedule, num_timesteps, beta_start, beta_end)."""
   return schedule_from_betas(make_betas(diffusion_config))

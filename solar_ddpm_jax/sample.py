@@ -181,8 +181,8 @@ def sample_and_save(config, workdir: str) -> str:
   s = cfg.sampling
   from solar_ddpm_jax import diffusion, samplers
   grid_steps = len(samplers.sampler_grid(
-      s.sampler, diffusion.make_schedule(cfg.diffusion).alphas_cumprod, int(s.num_steps),
-      bool(cfg.diffusion.faithful_timesteps)))
+      s.sampler, diffusion.alphas_cumprod_f64(cfg.diffusion), int(s.num_steps),
+      bool(cfg.diffusion.faithful_timesteps), samplers.schedule_logsnr_min(cfg.diffusion)))
   settings = {"sampler": s.sampler, "num_steps": int(s.num_steps), "grid_steps": grid_steps,
               "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
               "batch_size": int(s.batch_size),

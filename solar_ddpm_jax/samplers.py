@@ -30,13 +30,22 @@ from solar_ddpm_jax import diffusion, labels_outside, sharding
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 
 
+# Lu et al.'s DPM-Solver grid for the cosine schedule ends at T = 0.9946, log-SNR -4.78: beyond
+# it the clipped betas (max_beta 0.999) make lambda fall from -6.5 to -9.9 in the last timestep,
+# and a grid uniform in lambda from there spends its first steps on abar < 1e-5 (pure noise).
+COSINE_LOGSNR_MIN = -4.7776
+
+
 def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
-                  spacing: str = "time") -> np.ndarray:
-  """Descending timesteps the sampler visits: all T of them, or about num_steps.
+                  spacing: str = "time", logsnr_min: float | None = None) -> np.ndarray:
+  """Descending timesteps the sampler visits: all T of them, or num_steps.
 
   spacing "time": evenly spaced in t (DDPM, DDIM); "logsnr": evenly spaced in
-  lambda = log(alpha / sigma), the grid DPM-Solver++ is designed for (each point the nearest
-  integer timestep; duplicates merge). The grid starts at T-1 and ends at 0 (1 when faithful).
+  lambda = log(alpha / sigma), the grid DPM-Solver++ is designed for, from
+  max(lambda_{T-1}, logsnr_min) to lambda at the last point, each point the nearest integer
+  timestep and the first one T-1 (where x_T, pure noise, is). Points that round to the same
+  timestep merge, and the spacing is then refined until the grid has num_steps distinct points.
+  The grid starts at T-1 and ends at 0 (1 when faithful).
   """
   abar = np.asarray(alphas_cumprod, np.float64)
   num_timesteps = len(abar)
@@ -49,21 +58,43 @@ def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
     return np.array([num_timesteps - 1])  # One step from pure noise to the data.
   if spacing == "time":
     grid = np.round(np.linspace(lo, num_timesteps - 1, num_steps)).astype(np.int64)
-  elif spacing == "logsnr":
-    lam = 0.5 * (np.log(abar) - np.log1p(-abar))
-    targets = np.linspace(lam[-1], lam[lo], num_steps)
-    grid = lo + np.abs(lam[None, lo:] - targets[:, None]).argmin(axis=1)
-  else:
+    return np.unique(grid)[::-1].copy()
+  if spacing != "logsnr":
     raise ValueError(f"Unknown timestep spacing {spacing!r}: 'time' or 'logsnr'.")
-  return np.unique(grid)[::-1].copy()
+  lam = 0.5 * (np.log(abar) - np.log1p(-abar))
+  start = lam[-1] if logsnr_min is None else max(lam[-1], float(logsnr_min))
+
+  def grid_of(count):
+    targets = np.linspace(start, lam[lo], count)
+    grid = lo + np.abs(lam[None, lo:] - targets[:, None]).argmin(axis=1)
+    grid[0] = num_timesteps - 1
+    return np.unique(grid)[::-1].copy()
+
+  best = grid_of(num_steps)
+  for count in range(num_steps + 1, 4 * num_timesteps):
+    if len(best) >= num_steps:
+      break
+    grid = grid_of(count)
+    if len(grid) > num_steps:
+      break
+    best = grid
+  return best
 
 
-def sampler_grid(sampler: str, alphas_cumprod, num_steps: int,
-                 faithful: bool = False) -> np.ndarray:
+def sampler_grid(sampler: str, alphas_cumprod, num_steps: int, faithful: bool = False,
+                 logsnr_min: float | None = None) -> np.ndarray:
   """The timesteps `sampler` visits for num_steps (one network pass per point, batched with the
-  guidance branch). DPM-Solver++'s log-SNR grid can hold fewer points than asked for."""
-  return timestep_grid(alphas_cumprod, num_steps, faithful=faithful,
-                       spacing="logsnr" if sampler == "dpm_solver++" else "time")
+  guidance branch). DPM-Solver++ runs on the log-SNR grid (from `logsnr_min` up, where given:
+  COSINE_LOGSNR_MIN for the cosine schedule); the others on the time grid."""
+  if sampler == "dpm_solver++":
+    return timestep_grid(alphas_cumprod, num_steps, faithful=faithful, spacing="logsnr",
+                         logsnr_min=logsnr_min)
+  return timestep_grid(alphas_cumprod, num_steps, faithful=faithful, spacing="time")
+
+
+def schedule_logsnr_min(diffusion_config) -> float | None:
+  """The log-SNR floor of DPM-Solver++'s grid for config.diffusion's schedule."""
+  return COSINE_LOGSNR_MIN if diffusion_config.get("beta_schedule") == "cosine" else None
 
 
 def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float = 1.0,
@@ -133,17 +164,19 @@ def guided_output(model_fn, x, t, labels, guidance_scale, null_label: int):
 def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num_steps: int,
                 guidance_scale=None, null_label: int = 5, prediction: str = "eps",
                 eta: float = 0.0, ddpm_variance: str = "beta", clip_x0: bool = False,
-                faithful: bool = False, sharding_constraint=None):
+                faithful: bool = False, sharding_constraint=None,
+                logsnr_min: float | None = None):
   """Runs a sampler from x_T down to the data; pure, jit it (one scan over the grid).
 
   model_fn(x [B,...], t [B] int32, labels [B]) -> network output (eps, x0 or v: `prediction`).
-  alphas_cumprod: the schedule's abar [T] (concrete). Returns the final x0 estimate [B, ...]
-  (with `faithful`: x at abar_0, as the published code).
+  alphas_cumprod: the schedule's abar [T] (concrete; float64 gives the exact coefficients).
+  logsnr_min: the start of DPM-Solver++'s log-SNR grid (schedule_logsnr_min). Returns the final
+  x0 estimate [B, ...] (with `faithful`: x at abar_0, as the published code).
   """
   if sampler == "ddim" and not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"sampling.eta={eta}: DDIM's eta is in [0, 1] (0 deterministic, 1 DDPM-like).")
   abar_all = np.asarray(alphas_cumprod, np.float64)
-  grid = sampler_grid(sampler, abar_all, num_steps, faithful)
+  grid = sampler_grid(sampler, abar_all, num_steps, faithful, logsnr_min)
   coefs = grid_coefficients(sampler, abar_all, grid, final_abar=abar_all[0] if faithful else 1.0,
                             eta=eta, ddpm_variance=ddpm_variance)
   xs = {k: jnp.asarray(v, jnp.float32) for k, v in coefs.items()}
@@ -212,7 +245,9 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
 
   One compiled program per batch size: the sampler, step count, eta, variance and x0 clipping
   come from config.sampling; the guidance scale too unless given per call (it is traced, so a
-  sweep over scales does not recompile). The batch is sharded over `mesh` when given.
+  sweep over scales does not recompile; w = 1 and w = 0 given as numbers run one network pass
+  per step, the conditional or the unconditional branch alone, in programs of their own). The
+  batch is sharded over `mesh` when given.
   """
   s, m, d = config.sampling, config.model, config.diffusion
   if float(d.label_dropout) <= 0.0 and float(s.guidance_scale) != 1.0:
@@ -232,7 +267,11 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
   out_sharding = sharding.batch_sharding(mesh, 4) if mesh is not None else None
   constraint = ((lambda a: jax.lax.with_sharding_constraint(a, out_sharding))
                 if mesh is not None else None)
-  abar = np.asarray(schedule.alphas_cumprod)
+  abar = np.asarray(schedule.alphas_cumprod, np.float64)
+  exact = diffusion.alphas_cumprod_f64(d)
+  if exact.shape == abar.shape and np.allclose(exact, abar, rtol=1e-5, atol=1e-12):
+    abar = exact  # The float64 schedule the float32 one was rounded from.
+  logsnr_min = schedule_logsnr_min(d)
 
   def run(params, labels, key, guidance_scale):
     k_init, k_steps = jax.random.split(key)
@@ -243,12 +282,15 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
                     null_label=int(m.num_classes), prediction=str(d.prediction),
                     eta=float(s.eta), ddpm_variance=str(s.ddpm_variance),
                     clip_x0=bool(s.clip_x0), faithful=bool(d.faithful_timesteps),
-                    sharding_constraint=constraint)
+                    sharding_constraint=constraint, logsnr_min=logsnr_min)
     return jnp.clip(x, -1.0, 1.0)
 
   jitted = jax.jit(run, out_shardings=out_sharding)
-
   num_classes = int(m.num_classes)
+  # w = 1 is the conditional branch alone and w = 0 the unconditional one: one pass of B, not 2B.
+  single = {1.0: jax.jit(lambda p, y, k: run(p, y, k, None), out_shardings=out_sharding),
+            0.0: jax.jit(lambda p, y, k: run(p, jnp.full_like(y, num_classes), k, None),
+                         out_shardings=out_sharding)}
 
   def sample_fn(params, labels, key, guidance_scale=None):
     w = float(s.guidance_scale) if guidance_scale is None else guidance_scale
@@ -257,6 +299,8 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
       labels = jnp.asarray(labels, jnp.int32)
     if mesh is not None and jax.process_count() == 1:
       labels = jax.device_put(labels, sharding.batch_sharding(mesh, 1))
+    if not isinstance(w, jax.Array) and np.ndim(w) == 0 and float(w) in single:
+      return single[float(w)](params, labels, key)
     w = w if isinstance(w, jax.Array) else np.asarray(w, np.float32)
     return jitted(params, labels, key, w)
 

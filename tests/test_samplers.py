@@ -131,15 +131,40 @@ def test_timestep_grids():
   np.testing.assert_array_equal(samplers.timestep_grid(ABAR, 1000), np.arange(999, -1, -1))
   np.testing.assert_array_equal(samplers.timestep_grid(ABAR, 0, faithful=True),
                                 np.arange(999, 0, -1))
-  # DPM-Solver++'s log-SNR grid merges duplicate integer timesteps: 50 asked, 49 taken.
-  assert len(samplers.sampler_grid("dpm_solver++", ABAR, 50)) == 49
+  # DPM-Solver++'s log-SNR grid: points that round to one timestep merge and the spacing is
+  # refined, so that the grid has the points asked for (49 distinct of 50 uniform targets here).
+  lam_all = 0.5 * np.log(np.asarray(ABAR, np.float64) / (1 - np.asarray(ABAR, np.float64)))
+  uniform = np.abs(lam_all[None] - np.linspace(lam_all[-1], lam_all[0], 50)[:, None]).argmin(1)
+  assert len(np.unique(uniform)) == 49
+  assert len(samplers.sampler_grid("dpm_solver++", ABAR, 50)) == 50
   assert len(samplers.sampler_grid("ddim", ABAR, 50)) == 50
   logsnr = samplers.timestep_grid(ABAR, 20, spacing="logsnr")
-  assert logsnr[0] == 999 and logsnr[-1] == 0 and 15 <= len(logsnr) <= 20
-  abar = np.asarray(ABAR, np.float64)[logsnr]
-  lam = 0.5 * np.log(abar / (1 - abar))
-  steps = np.diff(lam)
+  assert logsnr[0] == 999 and logsnr[-1] == 0 and len(logsnr) == 20
+  twenty = np.abs(lam_all[None] - np.linspace(lam_all[-1], lam_all[0], 20)[:, None]).argmin(1)
+  np.testing.assert_array_equal(logsnr, np.unique(twenty)[::-1])  # No merges at 20.
+  steps = np.diff(lam_all[logsnr])
   assert np.all(steps > 0) and steps[:8].std() / steps[:8].mean() < 0.1  # Even in log-SNR.
+
+
+def test_cosine_logsnr_grid_starts_at_lu_et_al_floor():
+  """Cosine betas clipped at 0.999 drop lambda from -6.5 to -9.9 in the last timestep; the grid
+  is uniform in lambda from Lu et al.'s lambda(T = 0.9946) = -4.78, whose first point is T-1."""
+  abar = np.cumprod(1 - diffusion.cosine_betas(1000))
+  lam = 0.5 * np.log(abar / (1 - abar))
+  assert lam[-1] < -9.5 and lam[-2] > -7
+  s = 0.008  # Lu et al.'s continuous cosine schedule at t = 0.9946:
+  alpha = np.cos((0.9946 + s) / (1 + s) * np.pi / 2) / np.cos(s / (1 + s) * np.pi / 2)
+  np.testing.assert_allclose(samplers.COSINE_LOGSNR_MIN, np.log(alpha / np.sqrt(1 - alpha ** 2)),
+                             atol=1e-3)
+  for n in (10, 20, 50):
+    grid = samplers.sampler_grid("dpm_solver++", abar, n, logsnr_min=samplers.COSINE_LOGSNR_MIN)
+    assert len(grid) == n and grid[0] == 999 and grid[-1] == 0
+    spacing = (lam[0] - samplers.COSINE_LOGSNR_MIN) / (n - 1)  # The floor's point is T-1.
+    assert abs(lam[grid[1]] - (samplers.COSINE_LOGSNR_MIN + spacing)) < 0.5 * spacing
+    steps = np.diff(lam[grid[1:]])
+    assert np.all(steps > 0) and steps[:5].std() / steps[:5].mean() < 0.25
+    bare = samplers.sampler_grid("dpm_solver++", abar, n)  # Without the floor: steps on noise.
+    assert (abar[bare] < 1e-5).sum() >= 2 and (abar[grid] < 1e-5).sum() == 1
 
 
 def test_one_step_grids_start_from_pure_noise():
@@ -228,6 +253,91 @@ def test_sharded_sampling_equals_one_device_and_is_reproducible(sampler):
   assert float(np.abs(np.asarray(out8)).max()) <= 1.0
 
 
+def test_guidance_1_and_0_run_one_branch_with_the_same_images():
+  """w = 1 (conditional) and w = 0 (unconditional) as numbers: one pass of B per step, the same
+  images as the guided program (a traced w) gives."""
+  config = aia171.get_config("test")
+  config.sampling.sampler, config.sampling.num_steps = "ddim", 3
+  model = unet.create_model(config.model)
+  real_apply = train.make_apply_fn(model)
+  batches = []
+
+  def apply_fn(params, x, t, y, train=False):
+    batches.append(x.shape[0])  # At trace time.
+    return real_apply(params, x, t, y, train=train)
+
+  params = jax.tree.map(lambda p: p + 0.05, unet.init_params(config.model, jax.random.key(0)))
+  fn = samplers.make_sample_fn(apply_fn, diffusion.make_schedule(config.diffusion), config)
+  labels, key = np.arange(4, dtype=np.int32) % 5, jax.random.key(3)
+  for w in (1.0, 0.0):
+    batches.clear()
+    single = np.asarray(fn(params, labels, key, guidance_scale=w))
+    assert batches and set(batches) == {4}
+    batches.clear()
+    guided = np.asarray(fn(params, labels, key, guidance_scale=jnp.float32(w)))
+    assert set(batches) == ({8} if w == 1.0 else set())  # Traced once, for any w.
+    np.testing.assert_allclose(single, guided, atol=2e-5)
+  assert not np.allclose(np.asarray(fn(params, labels, key, guidance_scale=1.0)),
+                         np.asarray(fn(params, labels, key, guidance_scale=0.0)))
+
+
 def test_unknown_sampler_is_an_error():
   with pytest.raises(ValueError, match="Unknown sampler"):
     samplers.grid_coefficients("euler", np.asarray(ABAR), np.arange(3)[::-1])
+
+
+def _reference_solver(abar_all, grid, x_T, eps_np, sampler, clip_x0=False):
+  """DDIM (eta = 0) and DPM-Solver++(2M) step by step in float64 numpy, from the papers' update
+  rules (Song et al. eq. 12; Lu et al. 2022, Algorithm 2 with a first-order first step and a
+  first-order step into the data), on the points of `grid` then abar = 1."""
+  x, x0_prev, h_prev = np.asarray(x_T, np.float64), None, None
+  for i, t in enumerate(grid):
+    a = abar_all[t]
+    a_next = abar_all[grid[i + 1]] if i + 1 < len(grid) else 1.0
+    eps = eps_np(x, t)
+    x0 = (x - np.sqrt(1 - a) * eps) / np.sqrt(a)
+    if clip_x0:
+      x0 = np.clip(x0, -1, 1)
+      eps = (x - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    if sampler == "ddim":
+      x = np.sqrt(a_next) * x0 + np.sqrt(1 - a_next) * eps
+      continue
+    lam = 0.5 * np.log(a / (1 - a))
+    lam_next = np.inf if a_next == 1.0 else 0.5 * np.log(a_next / (1 - a_next))
+    h = lam_next - lam
+    if h_prev is None or not np.isfinite(h):
+      d = x0
+    else:
+      r = h_prev / h
+      d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+    x = np.sqrt(1 - a_next) / np.sqrt(1 - a) * x - np.sqrt(a_next) * np.expm1(-h) * d
+    x0_prev, h_prev = x0, h
+  return x
+
+
+@pytest.mark.parametrize("sampler,clip", [("dpm_solver++", False), ("ddim", False),
+                                          ("ddim", True), ("dpm_solver++", True)])
+def test_ode_samplers_follow_the_published_updates_step_by_step(sampler, clip):
+  """On the cosine schedule's uneven log-SNR grid (step ratios r far from 1), with a non-linear
+  stand-in network whose x0 leaves [-1, 1] (so clipping and the eps recomputed from the clipped
+  x0 both matter)."""
+  abar64 = np.cumprod(1 - diffusion.cosine_betas(1000))
+  grid = samplers.sampler_grid(sampler, abar64, 8, logsnr_min=samplers.COSINE_LOGSNR_MIN)
+  h = np.diff(0.5 * np.log(abar64[grid] / (1 - abar64[grid])))
+  assert sampler == "ddim" or np.ptp(h[1:-1] / h[2:]) > 0.1 or np.ptp(h[:-1] / h[1:]) > 0.1
+
+  def eps_np(x, t):
+    return np.tanh(1.5 * x) * (0.5 + t / 1000.0) - 0.2
+
+  def model_fn(x, t, labels):
+    return jnp.tanh(1.5 * x) * (0.5 + t.reshape(-1, 1, 1, 1) / 1000.0) - 0.2
+
+  x_T = jax.random.normal(jax.random.key(4), (3, 4, 4, 1))
+  got = samplers.sample_loop(model_fn, abar64, x_T, jnp.zeros(3, jnp.int32), jax.random.key(0),
+                             sampler=sampler, num_steps=8, clip_x0=clip,
+                             logsnr_min=samplers.COSINE_LOGSNR_MIN)
+  want = _reference_solver(abar64, grid, np.asarray(x_T), eps_np, sampler, clip_x0=clip)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
+  if not clip:  # The stand-in's x0 leaves [-1, 1], so clipping changes the result.
+    clipped = _reference_solver(abar64, grid, np.asarray(x_T), eps_np, sampler, clip_x0=True)
+    assert np.abs(clipped - want).max() > 1e-2
