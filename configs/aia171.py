@@ -55,6 +55,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.hek_min_class = "M"  # With hek_events: classes that must be near a HEK flare peak.
   data.hek_scaling = "noaa_0.7"  # Scale of the HEK classes: "noaa_0.7" (GOES <= 15 era), "science".
   data.forecast_window_hours = 24.0  # Window after the image for the peak-class forecast label.
+  data.forecast_min_coverage = 0.9  # Forecast labels: rows whose window has less GOES data skipped.
   data.train_end = "2014-01-01"  # Images before this time are training data (UTC, ISO).
   data.val_end = "2015-01-01"  # Images in [train_end, val_end) validate; later ones test.
   data.split_gap_hours = 12.0  # Frames this close to a split boundary are dropped (no leakage).

@@ -25,8 +25,9 @@ from absl import logging
 
 from solar_ddpm_jax import labels_outside, sharding
 
-ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "subclass", "goes_flux_w_m2",
-                "time_unix_s")
+ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "forecast_coverage", "subclass",
+                "goes_flux_w_m2", "time_unix_s")
+FORECAST_LABELS = ("forecast_class", "forecast_binary")  # Labels of the forecast window's peak.
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -217,12 +218,15 @@ def _prepared_builder(config):
 _ARRAYS_CACHE: dict = {}
 
 
-def load_split_arrays(config, split: str) -> dict:
+def load_split_arrays(config, split: str, label: str | None = None) -> dict:
   """A whole split as numpy arrays: image [N,R,R,C] float32 in [-1,1], flare_class [N],
-  forecast_class [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N] (in time order).
+  forecast_class [N], forecast_coverage [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N]
+  (in time order).
 
-  The arrays are read-only and shared by every caller in the process (one copy of the split in
-  memory, however often it is asked for); copy one before changing it.
+  With a forecast `label` (forecast_class, forecast_binary) only the rows whose forecast window
+  GOES data cover (forecast_rows). The arrays are read-only and shared by every caller in the
+  process (one copy of the split in memory, however often it is asked for); copy one before
+  changing it.
   """
   _hide_accelerators_from_tensorflow()
   import tensorflow_datasets as tfds
@@ -248,7 +252,31 @@ def load_split_arrays(config, split: str) -> dict:
     if len(_ARRAYS_CACHE) > 8:
       _ARRAYS_CACHE.clear()
     _ARRAYS_CACHE[key] = arrays
-  return dict(_ARRAYS_CACHE[key])
+  arrays = dict(_ARRAYS_CACHE[key])
+  return forecast_rows(arrays, config.data, split) if label in FORECAST_LABELS else arrays
+
+
+_COVERAGE_LOGGED: set = set()
+
+
+def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
+  """The rows whose forecast window has GOES data in at least data.forecast_min_coverage of its
+  minutes: elsewhere (the last day of the archive, GOES gaps) the window's peak can miss a flare,
+  so the forecast label is a lower bound, not a label. The other labels keep every row."""
+  need = float(data_config.get("forecast_min_coverage", 0.9))
+  keep = np.asarray(arrays["forecast_coverage"]) >= need
+  if keep.all():
+    return arrays
+  if (split, need, len(keep)) not in _COVERAGE_LOGGED:
+    _COVERAGE_LOGGED.add((split, need, len(keep)))
+    logging.warning("Forecast labels: %d of %d %s frames left out, their %g h window has GOES "
+                    "data in fewer than %g of its minutes (data.forecast_min_coverage).",
+                    int((~keep).sum()), len(keep), split or "",
+                    float(data_config.get("forecast_window_hours", 24.0)), need)
+  out = {k: v[keep] for k, v in arrays.items()}
+  for v in out.values():
+    v.flags.writeable = False
+  return out
 
 
 def _split_seed(split: str) -> int:
@@ -379,7 +407,7 @@ class LabelRangeError(Exception):
 def create_train_iterator(config, mesh, *, split: str = "train", start_step: int = 0):
   """Endless iterator of {"image": [B,R,R,C] float32, "label": [B] int32} global jax.Arrays,
   batch-sharded over the mesh; batch k depends only on (config.seed, split, k)."""
-  arrays = load_split_arrays(config, split)
+  arrays = load_split_arrays(config, split, label_field(config))
   labels = arrays[label_field(config)]
   num_classes = int(config.model.num_classes)
   outside = labels_outside(labels, num_classes)

@@ -155,3 +155,26 @@ def test_native_scale_of_goes16_and_later_files_is_the_true_flux():
   assert goes.native_scale({}, "g15_xrs_2s_20110607_20110607.nc") == "noaa_0.7"
   assert goes.native_scale({}, "go1520110607.fits", "GOES-15") == "noaa_0.7"
   assert goes.native_scale({}, "sci_gxrs-l2-irrad_g15_d20131028.nc", "GOES-15") == "science"
+
+
+def test_forecast_window_coverage_counts_intervals_with_data():
+  t = np.concatenate([np.arange(0, 6 * 3600, 60.0), np.arange(12 * 3600, 18 * 3600, 20.0)])
+  series = _series(t, 1e-6, "GOES-15")  # Data in hours 0-6 and 12-18 (20 s cadence there).
+  assert goes.window_coverage(series, 0.0, 24 * 3600) == pytest.approx(0.5)
+  assert goes.window_coverage(series, 0.0, 6 * 3600) == pytest.approx(1.0)
+  assert goes.window_coverage(series, 3 * 3600, 12 * 3600) == pytest.approx(0.5)
+  assert goes.window_coverage(series, 19 * 3600, 3600) == 0.0
+  label = goes.label_image(series, 17 * 3600, tolerance_s=60, forecast_window_s=24 * 3600)
+  assert label.forecast_coverage == pytest.approx(1 / 24)  # Only 17-18 h has data.
+  sparse = _series(np.arange(0, 24 * 3600, 1800.0), 1e-6, "GOES-15")  # Half-hourly samples.
+  assert goes.window_coverage(sparse, 0.0, 24 * 3600) == pytest.approx(1 / 3)
+
+
+def test_goes15_forecast_coverage_against_the_file():
+  t, _ = _independent_go15()
+  noaa = goes.read_goes([GO15], "noaa_0.7")
+  start = t[0] + 6.5 * 3600
+  bins = np.unique(np.floor(t[(t >= np.floor(start / 600) * 600)] / 600))
+  label = goes.label_image(noaa, start, tolerance_s=10, forecast_window_s=24 * 3600)
+  assert label.forecast_coverage == pytest.approx(len(bins) / 144)
+  assert 0.6 < label.forecast_coverage < 0.8  # The file ends at midnight.

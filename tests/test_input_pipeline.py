@@ -143,3 +143,22 @@ def test_a_built_manual_dataset_reads_without_manual_dir(config, tmp_path):
   expected = input_pipeline.load_split_arrays(config, "train")
   np.testing.assert_array_equal(read["image"], expected["image"])
   np.testing.assert_array_equal(read["flare_class"], expected["flare_class"])
+
+
+def test_forecast_labels_leave_out_frames_whose_window_lacks_goes_data(config):
+  arrays = input_pipeline.load_split_arrays(config, "train")
+  coverage = arrays["forecast_coverage"]
+  assert coverage.dtype == np.float32
+  np.testing.assert_array_equal(coverage, 1.0)  # The synthetic GOES file outlasts every window.
+  made = {"time_unix_s": np.arange(5.0), "forecast_class": np.arange(5) % 5,
+          "forecast_coverage": np.array([1.0, 0.5, 0.95, 0.89, 0.9], np.float32)}
+  kept = input_pipeline.forecast_rows(made, config.data, "train")
+  np.testing.assert_array_equal(kept["time_unix_s"], [0.0, 2.0, 4.0])  # >= 0.9 by default.
+  assert not kept["forecast_class"].flags.writeable
+  cfg = config.copy_and_resolve_references()
+  cfg.data.forecast_min_coverage = 1.01  # No window is covered that well: all rows left out ...
+  for label in ("forecast_class", "forecast_binary"):
+    assert len(input_pipeline.load_split_arrays(cfg, "train", label)["image"]) == 0
+  # ... of forecast training only: the image-time label keeps every row.
+  assert len(input_pipeline.load_split_arrays(cfg, "train", "flare_class")["image"]) == len(
+      coverage)

@@ -92,6 +92,11 @@ def test_real_sunpy_files_build_and_read_back(tmp_path):
   assert ex["goes_flux_w_m2"] == pytest.approx(flux, rel=1e-5)
   assert ex["time_unix_s"] == pytest.approx(t_unix, abs=1e-3)
   assert ex["satellite"] == b"GOES-15" and ex["scaling_policy"] == b"noaa_0.7"
+  with fits.open(GO15) as hdul:  # The file ends at midnight: 17.3 h of the 24 h window.
+    start = dt.datetime.strptime(hdul[0].header["DATE-OBS"], "%d/%m/%Y").replace(tzinfo=dt.UTC)
+    goes_t = start.timestamp() + np.asarray(hdul[2].data["TIME"][0], np.float64)
+  bins = np.unique(np.floor(goes_t[goes_t >= np.floor(t_unix / 600) * 600] / 600))
+  assert ex["forecast_coverage"] == pytest.approx(len(bins) / 144, rel=1e-6)
   assert ex["source_file"] == b"aia_171_shifted.fits"
   assert aia_builder.read_manifest(b) == []
 

@@ -144,6 +144,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "subclass": tfds.features.Scalar(dtype=np.float32),
             "goes_flux_w_m2": tfds.features.Scalar(dtype=np.float32),
             "forecast_class": tfds.features.ClassLabel(names=FLARE_CLASSES),
+            # Fraction of the forecast window's minutes with GOES data (1: all).
+            "forecast_coverage": tfds.features.Scalar(dtype=np.float32),
             # Raw bytes: TFRecord float lists are float32, too coarse for Unix seconds.
             "time_unix_s": tfds.features.Tensor(shape=(), dtype=np.float64,
                                                 encoding=tfds.features.Encoding.BYTES),
@@ -405,6 +407,7 @@ def example_of(item, image: np.ndarray) -> tuple[str, dict]:
       "subclass": np.float32(label.subclass),
       "goes_flux_w_m2": np.float32(label.flux_w_m2),
       "forecast_class": label.forecast_class,
+      "forecast_coverage": np.float32(label.forecast_coverage),
       "time_unix_s": np.float64(time_unix_s),
       "satellite": label.satellite,
       "scaling_policy": label.policy,

@@ -247,6 +247,24 @@ def peak_flux(goes: GoesFlux, start_unix_s: float, window_s: float) -> float:
   return float(goes.flux_w_m2[lo:hi].max()) if hi > lo else float("nan")
 
 
+COVERAGE_BIN_S = 600.0  # Forecast-window coverage counts 10-minute intervals with GOES data.
+
+
+def window_coverage(goes: GoesFlux, start_unix_s: float, window_s: float,
+                    bin_s: float = COVERAGE_BIN_S) -> float:
+  """Fraction of the `bin_s` intervals of [start, start + window) that hold a valid GOES sample
+  (0..1). Ten-minute intervals: a gap that loses no interval is shorter than the rise of a
+  typical M or X flare, so it cannot hide one."""
+  bins = getattr(goes, "_coverage_bins", None)
+  if bins is None or bins[0] != bin_s:  # The series' intervals with data, once per series.
+    bins = (bin_s, np.unique(np.floor(goes.time_unix_s / bin_s)))
+    goes._coverage_bins = bins
+  count = max(int(round(window_s / bin_s)), 1)
+  first = np.floor(start_unix_s / bin_s)
+  lo, hi = np.searchsorted(bins[1], [first, first + count], side="left")
+  return float(hi - lo) / count
+
+
 @dataclasses.dataclass
 class Label:
   """The GOES labels of one image."""
@@ -256,15 +274,20 @@ class Label:
   forecast_class: int
   satellite: str
   policy: str
+  forecast_coverage: float = 1.0  # Fraction of the forecast window's minutes with GOES data.
 
 
 def label_image(goes: GoesFlux, time_unix_s: float, *, tolerance_s: float,
                 forecast_window_s: float) -> Label:
   """Class of the flux at the image time (the paper's label) and the peak class in the window
-  after it (forecast label; the image-time flux counts, so the window is never empty)."""
+  after it (forecast label; the image-time flux counts, so the window is never empty), with the
+  fraction of the window that GOES data cover: a window past the end of the data or across a
+  gap gives a peak that can miss a flare (the input pipeline leaves such rows out of forecast
+  training, data.forecast_min_coverage)."""
   flux, satellite = flux_at(goes, time_unix_s, tolerance_s)
   index, subclass = flux_to_class(flux)
   peak = np.nanmax([flux, peak_flux(goes, time_unix_s, forecast_window_s)])
   return Label(flux_w_m2=flux, flare_class=int(index), subclass=float(subclass),
                forecast_class=int(flux_to_class(peak)[0]), satellite=satellite,
-               policy=goes.policy)
+               policy=goes.policy,
+               forecast_coverage=window_coverage(goes, time_unix_s, forecast_window_s))

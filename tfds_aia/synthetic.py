@@ -129,10 +129,11 @@ def write_goes_netcdf(path: str, time_unix_s: np.ndarray, flux_w_m2: np.ndarray,
 
 
 def goes_profile(frame_times: np.ndarray, frame_fluxes: np.ndarray, rng):
-  """GOES samples: 1-minute profiles (+-20 min) peaking at each frame, hourly background between."""
+  """GOES samples: 1-minute profiles (+-20 min) peaking at each frame, a 10-minute background
+  between (so that every forecast window is covered, goes.window_coverage)."""
   background = 10 ** rng.uniform(-7.5, -6.5)
   start, end = frame_times.min() - 3600.0, frame_times.max() + 2 * 86400.0
-  times = [np.arange(start, end, 3600.0)]
+  times = [np.arange(start, end, goes.COVERAGE_BIN_S)]
   fluxes = [np.full(len(times[0]), background)]
   offsets = np.arange(-20, 21) * 60.0
   for t, f in zip(frame_times, frame_fluxes, strict=True):

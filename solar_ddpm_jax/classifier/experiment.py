@@ -36,7 +36,8 @@ def _time_range(arrays: dict) -> list[float]:
 
 def load_splits(config) -> dict[str, dict]:
   """Train / validation / test arrays of the dataset's time splits; checks they do not overlap."""
-  splits = {s: input_pipeline.load_split_arrays(config, s) for s in ("train", "validation", "test")}
+  splits = {s: input_pipeline.load_split_arrays(config, s, config.classifier.label)
+            for s in ("train", "validation", "test")}
   ranges = [_time_range(splits[s]) for s in ("train", "validation", "test")]
   for (_, end), (start, _) in zip(ranges[:-1], ranges[1:], strict=True):
     if not end < start:

@@ -68,9 +68,9 @@ def check_samples_settings(path: str, settings: dict, config) -> None:
 def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Images and conditioning labels of a real split (input_pipeline.load_split_arrays)."""
   from solar_ddpm_jax import input_pipeline
-  arrays = input_pipeline.load_split_arrays(config, split)
-  return (np.asarray(arrays["image"], np.float32),
-          np.asarray(arrays[input_pipeline.label_field(config)], np.int32))
+  label = input_pipeline.label_field(config)
+  arrays = input_pipeline.load_split_arrays(config, split, label)
+  return np.asarray(arrays["image"], np.float32), np.asarray(arrays[label], np.int32)
 
 
 def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *, source: str,
