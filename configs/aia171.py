@@ -43,7 +43,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.stretch = "log"  # "log" or "asinh": the map from [0, ceiling] DN/s to [-1, 1].
   data.asinh_a = 0.01  # Softening of the asinh stretch (fraction of the ceiling).
   data.register = False  # Level 1 -> 1.5 with aiapy (when installed and the header allows).
-  data.degradation_table = ""  # aiapy correction table file; "" = no degradation correction.
+  data.degradation_table = ""  # aiapy correction table or wavelength,time,factor CSV; "": none.
   data.goes_scaling = "science"  # GOES flux policy: "science" (true flux) or "noaa_0.7" (old NOAA).
   data.goes_tolerance_s = 60.0  # Largest distance (s) to a valid GOES sample at the image time.
   # Each time takes its GOES flux from one satellite, the others fill its gaps.

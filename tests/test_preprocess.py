@@ -1,5 +1,7 @@
 """Preprocessing: block sums, ceilings, stretches and their exact inverses."""
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,42 @@ def test_preprocess_channel_and_degradation(tmp_path):
                                       degradation=0.5)
   expected = 2 * np.log1p(100 / 2 / 0.5 * 16) / np.log1p(1000 * 16) - 1
   np.testing.assert_allclose(out, np.full((2, 2), expected), rtol=1e-6)
+
+
+def _aiapy_table(path, rows):
+  """An aia.response-style correction table as aiapy's get_correction_table reads it."""
+  cols = ["DATE", "VER_NUM", "WAVE_STR", "WAVELNTH", "T_START", "T_STOP", "EFFA_P1", "EFFA_P2",
+          "EFFA_P3", "EFF_AREA", "EFF_WVLN"]
+  lines = [",".join(cols)]
+  for r in rows:
+    lines.append(",".join(str(r[c]) for c in cols))
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+def test_aiapy_correction_table_factor_is_the_epoch_ratio_times_the_polynomial(tmp_path):
+  base = dict(DATE="2020-01-01T00:00:00", VER_NUM=10, WAVE_STR="171_THIN", WAVELNTH=171,
+              EFF_WVLN=171.0)
+  rows = [dict(base, T_START="2010-03-24T00:00:00", T_STOP="2011-01-01T00:00:00", EFF_AREA=2.0,
+               EFFA_P1=0.0, EFFA_P2=0.0, EFFA_P3=0.0),
+          dict(base, T_START="2011-01-01T00:00:00", T_STOP="2030-01-01T00:00:00", EFF_AREA=1.6,
+               EFFA_P1=-1e-4, EFFA_P2=2e-8, EFFA_P3=-1e-12)]
+  path = _aiapy_table(tmp_path / "aia_V10_response_table.txt", rows)
+  table = preprocess.load_degradation_table(path)
+  assert isinstance(table, preprocess.AiapyCorrectionTable)
+  t = dt.datetime(2012, 6, 1, 12, tzinfo=dt.UTC)
+  days = (t - dt.datetime(2011, 1, 1, tzinfo=dt.UTC)).total_seconds() / 86400  # No leap second.
+  want = 1.6 / 2.0 * (1 - 1e-4 * days + 2e-8 * days ** 2 - 1e-12 * days ** 3)
+  got = preprocess.degradation_factor(table, 171, t.timestamp())
+  assert got == pytest.approx(want, rel=1e-6)
+  with pytest.raises(ValueError, match="193"):
+    preprocess.degradation_factor(table, 193, t.timestamp())
+  with pytest.raises(ValueError, match="epoch"):
+    preprocess.degradation_factor(table, 171, dt.datetime(2009, 1, 1, tzinfo=dt.UTC).timestamp())
+
+
+def test_a_degradation_table_of_another_form_names_its_columns(tmp_path):
+  path = tmp_path / "other.csv"
+  path.write_text("channel,when,value\n171,2011-01-01,0.9\n")
+  with pytest.raises(ValueError, match=r"other.csv has columns \['channel', 'when', 'value'\]"):
+    preprocess.load_degradation_table(str(path))

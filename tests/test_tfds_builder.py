@@ -367,3 +367,26 @@ def test_pool_size_and_in_flight_bound(tmp_path, monkeypatch):
   b = aia_builder.Builder(data_dir=str(tmp_path), runtime={"num_workers": 8, "max_in_flight": 3})
   b._start_pool(11)  # Fewer than 4 frames per worker: one process.
   assert b._pool is None and sizes == [3]
+
+
+def test_degradation_table_frames_outside_its_epochs_are_skipped(tmp_path):
+  from tests.test_preprocess import _aiapy_table
+  manual = tmp_path / "manual"
+  os.makedirs(manual / "goes")
+  shutil.copy(GO15, manual / "goes")
+  _shifted_copy(manual / "inside.fits", "2011-06-07T02:00:00.000")
+  _shifted_copy(manual / "outside.fits", "2011-06-07T04:00:00.000")
+  base = dict(DATE="2020-01-01T00:00:00", VER_NUM=10, WAVE_STR="171_THIN", WAVELNTH=171,
+              EFF_WVLN=171.0, EFFA_P1=0.0, EFFA_P2=0.0, EFFA_P3=0.0)
+  table = _aiapy_table(tmp_path / "table.txt", [
+      dict(base, T_START="2010-03-24T00:00:00", T_STOP="2011-06-07T03:00:00", EFF_AREA=2.0)])
+  config = _data_config()
+  config.degradation_table = table
+  b = _build(config, manual, tmp_path / "tfds")
+  reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
+  assert list(reasons) == ["outside.fits"] and "No valid calibration epoch" in reasons[
+      "outside.fits"] and table in reasons["outside.fits"]
+  (tmp_path / "bad.csv").write_text("channel,when\n171,2011\n")
+  config.degradation_table = str(tmp_path / "bad.csv")
+  with pytest.raises(ValueError, match="bad.csv has columns"):
+    _build(config, manual, tmp_path / "tfds2")

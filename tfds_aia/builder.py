@@ -207,6 +207,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = os.fspath(dl_manager.manual_dir)
+    if self.settings["degradation_table"]:  # Unreadable: stop before reading any frame.
+      table_path = self.settings["degradation_table"]
+      if not os.path.isfile(table_path):
+        raise FileNotFoundError(f"data.degradation_table={table_path} does not exist.")
+      preprocess.load_degradation_table(table_path)
     aia_paths, goes_paths = find_files(manual_dir)
     for kind, found in (("AIA FITS", aia_paths), ("GOES XRS", goes_paths)):
       if not found:

@@ -61,7 +61,11 @@ def _decode_plane(header, raw: bytes | None, ceiling: float, settings: dict, res
   if settings["register"]:
     data = fits_io.register_level15(header.path, data)
   table = _degradation_table(settings["degradation_table"])
-  factor = preprocess.degradation_factor(table, header.wavelength, header.time_unix_s)
+  try:
+    factor = preprocess.degradation_factor(table, header.wavelength, header.time_unix_s)
+  except ValueError as e:  # No entry for this channel or time: this frame cannot be corrected.
+    raise fits_io.BadFileError(
+        header.path, f"degradation table {settings['degradation_table']}: {e}") from e
   plane = preprocess.preprocess_channel(
       data, header.exptime_s, resolution=resolution, dn_ceiling=ceiling,
       downsample_method=settings["downsample"], stretch=settings["stretch"],

@@ -131,15 +131,50 @@ def downsample(image: np.ndarray, resolution: int, method: str = "sum") -> np.nd
   raise ValueError(f"Unknown downsample {method!r}; choose one of {DOWNSAMPLE_METHODS}.")
 
 
-def load_degradation_table(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-  """A degradation table: CSV/ECSV columns `wavelength`, `time` (ISO UTC), `factor`.
+AIAPY_TABLE_COLUMNS = ("DATE", "VER_NUM", "WAVE_STR", "WAVELNTH", "T_START", "T_STOP", "EFFA_P1",
+                       "EFFA_P2", "EFFA_P3", "EFF_AREA", "EFF_WVLN")
 
-  The factor is the relative effective area (1 at launch) as in aiapy's correction table; images
-  are divided by it. Returns {wavelength: (time_unix_s sorted, factor)}.
+
+class AiapyCorrectionTable:
+  """aiapy's degradation correction table (the aia.response series: a JSOC export or SSW's
+  aia_V*_response_table.txt), read from a local file; factors from aiapy.calibrate.degradation."""
+
+  def __init__(self, path: str):
+    from aiapy.calibrate.util import get_correction_table
+    self.path = path
+    self.table = get_correction_table(path)
+
+  def factor(self, wavelength: int, time_unix_s: float) -> float:
+    import astropy.units as u
+    from aiapy.calibrate import degradation
+    from astropy.time import Time
+    t = Time(time_unix_s, format="unix", scale="utc")
+    return float(np.asarray(degradation(int(wavelength) * u.angstrom, t,
+                                        correction_table=self.table)).reshape(-1)[0])
+
+
+def load_degradation_table(path: str):
+  """A degradation table, in either of two forms:
+
+  * CSV/ECSV columns `wavelength`, `time` (ISO UTC), `factor`: the relative effective area (1 at
+    launch), linear in time between rows; returns {wavelength: (time_unix_s sorted, factor)};
+  * aiapy's correction table (columns WAVE_STR, T_START, T_STOP, EFF_AREA, EFFA_P1..3, ...): the
+    factor of aiapy.calibrate.degradation; returns an AiapyCorrectionTable.
+  Images are divided by the factor. A file of neither form is an error naming its columns.
   """
   with open(path) as f:
     lines = [line for line in f if not line.startswith("#") and line.strip()]
+  if not lines:
+    raise ValueError(f"Degradation table {path} is empty.")
   delimiter = "," if "," in lines[0] else None
+  columns = [c.strip() for c in (lines[0].split(",") if delimiter else lines[0].split())]
+  if set(AIAPY_TABLE_COLUMNS) <= set(columns):
+    return AiapyCorrectionTable(path)
+  if not {"wavelength", "time", "factor"} <= set(columns):
+    raise ValueError(
+        f"Degradation table {path} has columns {columns}: give wavelength,time,factor rows or "
+        f"aiapy's correction table (columns {', '.join(AIAPY_TABLE_COLUMNS)}; a JSOC aia.response "
+        "export or SSW's aia_V*_response_table.txt).")
   rows = list(csv.DictReader(lines, delimiter=delimiter or " ", skipinitialspace=True))
   table: dict[int, list] = {}
   for row in rows:
@@ -154,9 +189,13 @@ def load_degradation_table(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]
 
 
 def degradation_factor(table, wavelength: int, time_unix_s: float) -> float:
-  """The table's factor for a channel at a time (linear in time, constant beyond the ends)."""
+  """The table's factor for a channel at a time (a wavelength,time,factor table: linear in time,
+  constant beyond the ends; an aiapy table: aiapy's epoch and polynomial). ValueError when the
+  table has no entry for the channel or (aiapy) no calibration epoch for the time."""
   if not table:
     return 1.0
+  if isinstance(table, AiapyCorrectionTable):
+    return table.factor(wavelength, time_unix_s)
   if wavelength not in table:
     raise ValueError(f"Degradation table has no {wavelength} A entries.")
   times, factors = table[wavelength]
