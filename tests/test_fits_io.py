@@ -61,3 +61,32 @@ def test_cached_header_fields_of_an_older_reader_are_read_again(tmp_path):
   del entry["header_version"]  # and read again from the file when an older reader wrote it.
   entry_file.write_text(json.dumps(entry))
   assert frames.read_header(str(path), cache_dir)[0].time_unix_s == first.time_unix_s
+
+
+def test_t_obs_mid_exposure_is_the_time_and_date_obs_the_fallback(tmp_path):
+  import numpy as np
+  from astropy.io import fits
+  path = tmp_path / "aia.fits"
+  header = fits.Header({"WAVELNTH": 171, "EXPTIME": 2.0, "DATE-OBS": "2011-06-07T06:41:24.00",
+                        "T_OBS": "2011-06-07T06:41:25.00Z", "QUALITY": 0})
+  fits.writeto(path, np.zeros((8, 8), np.float32), header)
+  assert fits_io.read_header(str(path)).time_unix_s == _unix(2011, 6, 7, 6, 41, 25)
+  del header["T_OBS"]
+  fits.writeto(path, np.zeros((8, 8), np.float32), header, overwrite=True)
+  assert fits_io.read_header(str(path)).time_unix_s == _unix(2011, 6, 7, 6, 41, 24)
+
+
+def test_quality_bits_reject_a_frame_unless_allowed(tmp_path):
+  import numpy as np
+  from astropy.io import fits
+  path = tmp_path / "aia.fits"
+  fits.writeto(path, np.zeros((16, 16), np.float32),
+               fits.Header({"WAVELNTH": 171, "EXPTIME": 2.0, "T_OBS": "2011-06-07T06:41:25Z",
+                            "QUALITY": 0x10}))
+  header = fits_io.read_header(str(path))
+  assert header.quality == 0x10
+  with pytest.raises(fits_io.BadFileError, match="QUALITY flag 0x10"):
+    fits_io.check(header, channels=(171,), resolution=8)
+  fits_io.check(header, channels=(171,), resolution=8, allowed_quality=0x10)
+  with pytest.raises(fits_io.BadFileError, match="QUALITY"):
+    fits_io.check(header, channels=(171,), resolution=8, allowed_quality=0x01)
