@@ -252,8 +252,12 @@ def load_split_arrays(config, split: str, label: str | None = None) -> dict:
     if len(_ARRAYS_CACHE) > 8:
       _ARRAYS_CACHE.clear()
     _ARRAYS_CACHE[key] = arrays
-  arrays = dict(_ARRAYS_CACHE[key])
-  return forecast_rows(arrays, config.data, split) if label in FORECAST_LABELS else arrays
+  if label not in FORECAST_LABELS:
+    return dict(_ARRAYS_CACHE[key])
+  need = float(config.data.get("forecast_min_coverage", 0.9))
+  if key + (need,) not in _ARRAYS_CACHE:  # One copy of the covered rows too.
+    _ARRAYS_CACHE[key + (need,)] = forecast_rows(_ARRAYS_CACHE[key], config.data, split)
+  return dict(_ARRAYS_CACHE[key + (need,)])
 
 
 _COVERAGE_LOGGED: set = set()
@@ -261,8 +265,9 @@ _COVERAGE_LOGGED: set = set()
 
 def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
   """The rows whose forecast window has GOES data in at least data.forecast_min_coverage of its
-  minutes: elsewhere (the last day of the archive, GOES gaps) the window's peak can miss a flare,
-  so the forecast label is a lower bound, not a label. The other labels keep every row."""
+  10-minute intervals: elsewhere (the last day of the archive, GOES gaps) the window's peak can
+  miss a flare, so the forecast label is a lower bound, not a label. The other labels keep every
+  row."""
   need = float(data_config.get("forecast_min_coverage", 0.9))
   keep = np.asarray(arrays["forecast_coverage"]) >= need
   if keep.all():
@@ -270,7 +275,8 @@ def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
   if (split, need, len(keep)) not in _COVERAGE_LOGGED:
     _COVERAGE_LOGGED.add((split, need, len(keep)))
     logging.warning("Forecast labels: %d of %d %s frames left out, their %g h window has GOES "
-                    "data in fewer than %g of its minutes (data.forecast_min_coverage).",
+                    "data in fewer than %g of its 10-minute intervals "
+                    "(data.forecast_min_coverage).",
                     int((~keep).sum()), len(keep), split or "",
                     float(data_config.get("forecast_window_hours", 24.0)), need)
   out = {k: v[keep] for k, v in arrays.items()}

@@ -21,7 +21,8 @@ def _split(n, t0, seed, res=16):
   images = images + 0.05 * rng.normal(size=images.shape)
   return {"image": images[..., None].astype(np.float32), "flare_class": labels,
           "forecast_class": labels, "subclass": np.ones(n, np.float32),
-          "goes_flux_w_m2": 10.0 ** (labels - 8.0), "time_unix_s": t0 + 3600.0 * np.arange(n)}
+          "goes_flux_w_m2": 10.0 ** (labels - 8.0), "time_unix_s": t0 + 3600.0 * np.arange(n),
+          "forecast_coverage": np.ones(n, np.float32)}
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ def fake_data(monkeypatch):
   splits = {"train": _split(96, 0.0, 0), "validation": _split(32, 1e6, 1),
             "test": _split(48, 2e6, 2)}
   monkeypatch.setattr(input_pipeline, "load_split_arrays",
-                      lambda config, split: {k: v.copy() for k, v in splits[split].items()})
+                      lambda config, split, label=None: {k: v.copy()
+                                                         for k, v in splits[split].items()})
   calls = []
 
   def fake_generate(config, workdir, labels, **kwargs):

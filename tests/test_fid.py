@@ -160,25 +160,32 @@ def test_prdc_detects_mode_collapse():
   assert out["precision"] > 0.9 and out["recall"] < 0.1 and out["coverage"] < 0.1
 
 
-def test_fid_interval_contains_the_estimate_and_has_the_right_width():
-  """The interval of one pair of sets against the FID spread over 40 independent pairs; a
-  percentile bootstrap's interval lay wholly above the estimate here."""
+def _fid_spread_and_se(d, n, shift, draws=40):
+  """(std of FID over independent pairs of sets, mean interval s.e., coverage of their mean)."""
   rng = np.random.default_rng(7)
-  a = rng.standard_normal((64, 64)) / np.sqrt(64)
-  values, ses, covered = [], [], []
-  for _ in range(40):
-    x = rng.standard_normal((200, 64)) @ a
-    y = rng.standard_normal((200, 64)) @ a + 0.2
+  a = rng.standard_normal((d, d)) / np.sqrt(d)
+  values, ses, intervals = [], [], []
+  for _ in range(draws):
+    x = rng.standard_normal((n, d)) @ a
+    y = rng.standard_normal((n, d)) @ a + shift
     ci = fid_lib.subsample_interval(fid_lib.fid, x, y, num_subsets=60, seed=1)
     value = fid_lib.fid(x, y)
-    assert ci["low"] < value < ci["high"]
+    assert ci["low"] < value < ci["high"]  # A percentile bootstrap's lay wholly above it.
     values.append(value)
     ses.append(ci["se"])
-    covered.append((ci["low"], ci["high"]))
-  assert 0.7 < np.mean(ses) / np.std(values) < 1.5
+    intervals.append((ci["low"], ci["high"]))
   mean = np.mean(values)
-  assert np.mean([lo < mean < hi for lo, hi in covered]) > 0.8
-  assert ci == fid_lib.subsample_interval(fid_lib.fid, x, y, num_subsets=60, seed=1)
+  return np.std(values), np.mean(ses), np.mean([lo < mean < hi for lo, hi in intervals])
+
+
+def test_fid_interval_has_the_width_of_the_spread_over_independent_sets():
+  spread, se, covered = _fid_spread_and_se(16, 1000, 0.5)  # Many images per dimension: accurate.
+  assert 0.85 < se / spread < 1.25 and covered > 0.85
+  spread, se, covered = _fid_spread_and_se(64, 200, 0.2)  # Few: wider, never narrower.
+  assert 1.0 < se / spread < 2.0 and covered > 0.9
+  x, y = _features(0, n=80, d=4), _features(1, n=80, d=4, shift=0.5)
+  assert fid_lib.subsample_interval(fid_lib.fid, x, y, num_subsets=30, seed=1) == (
+      fid_lib.subsample_interval(fid_lib.fid, x, y, num_subsets=30, seed=1))
 
 
 def test_prdc_bootstrap_is_centred_on_the_estimate():

@@ -159,6 +159,9 @@ def test_forecast_labels_leave_out_frames_whose_window_lacks_goes_data(config):
   cfg.data.forecast_min_coverage = 1.01  # No window is covered that well: all rows left out ...
   for label in ("forecast_class", "forecast_binary"):
     assert len(input_pipeline.load_split_arrays(cfg, "train", label)["image"]) == 0
+  cfg.data.forecast_min_coverage = 0.5  # Every row: one shared copy, as for the other labels.
+  assert input_pipeline.load_split_arrays(cfg, "train", "forecast_class")["image"] is (
+      input_pipeline.load_split_arrays(cfg, "train", "flare_class")["image"])
   # ... of forecast training only: the image-time label keeps every row.
   assert len(input_pipeline.load_split_arrays(cfg, "train", "flare_class")["image"]) == len(
       coverage)

@@ -393,6 +393,10 @@ def test_degradation_table_frames_outside_its_epochs_are_skipped(tmp_path):
   reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
   assert list(reasons) == ["outside.fits"] and "No valid calibration epoch" in reasons[
       "outside.fits"] and table in reasons["outside.fits"]
+  (tmp_path / "other.csv").write_text("wavelength,time,factor\n193,2011-01-01T00:00:00,0.9\n")
+  config.degradation_table = str(tmp_path / "other.csv")
+  with pytest.raises(ValueError, match=r"other.csv has no entries for the channel\(s\) \[171\]"):
+    _build(config, manual, tmp_path / "tfds3")
   (tmp_path / "bad.csv").write_text("channel,when\n171,2011\n")
   config.degradation_table = str(tmp_path / "bad.csv")
   with pytest.raises(ValueError, match="bad.csv has columns"):

@@ -114,10 +114,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """SDO/AIA images labelled with the GOES 1-8 A flare class at the image time."""
 
   name = "aia_flares"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "Frames of another size than data.frame_px are skipped, so that "
-                            "every image has the same clip ceiling and DN/s inverse."}
+                            "every image has the same clip ceiling and DN/s inverse.",
+                   "1.2.0": "forecast_coverage; GOES samples good by their file's own flag "
+                            "mask; one satellite at a time (data.goes_satellites)."}
   BUILDER_CONFIGS = [_config(r, (171,)) for r in (16, 32, 64, 128, 256, 512)] + [
       _config(64, (171, 193, 211, 304))]
   DEFAULT_CONFIG_NAME = "res64_171"
@@ -144,7 +146,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "subclass": tfds.features.Scalar(dtype=np.float32),
             "goes_flux_w_m2": tfds.features.Scalar(dtype=np.float32),
             "forecast_class": tfds.features.ClassLabel(names=FLARE_CLASSES),
-            # Fraction of the forecast window's minutes with GOES data (1: all).
+            # Fraction of the forecast window's 10-minute intervals with GOES data (1: all).
             "forecast_coverage": tfds.features.Scalar(dtype=np.float32),
             # Raw bytes: TFRecord float lists are float32, too coarse for Unix seconds.
             "time_unix_s": tfds.features.Tensor(shape=(), dtype=np.float64,
@@ -211,7 +213,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       table_path = self.settings["degradation_table"]
       if not os.path.isfile(table_path):
         raise FileNotFoundError(f"data.degradation_table={table_path} does not exist.")
-      preprocess.load_degradation_table(table_path)
+      table = preprocess.load_degradation_table(table_path)
+      missing = [c for c in self.builder_config.channels
+                 if not preprocess.degradation_has_channel(table, c)]
+      if missing:
+        raise ValueError(f"data.degradation_table={table_path} has no entries for the "
+                         f"channel(s) {missing} A of this dataset.")
     aia_paths, goes_paths = find_files(manual_dir)
     for kind, found in (("AIA FITS", aia_paths), ("GOES XRS", goes_paths)):
       if not found:

@@ -274,7 +274,7 @@ class Label:
   forecast_class: int
   satellite: str
   policy: str
-  forecast_coverage: float = 1.0  # Fraction of the forecast window's minutes with GOES data.
+  forecast_coverage: float = 1.0  # Fraction of the forecast window's 10-min intervals with data.
 
 
 def label_image(goes: GoesFlux, time_unix_s: float, *, tolerance_s: float,

@@ -188,6 +188,14 @@ def load_degradation_table(path: str):
   return out
 
 
+def degradation_has_channel(table, wavelength: int) -> bool:
+  """Whether a degradation table (load_degradation_table) has entries for a channel."""
+  if isinstance(table, AiapyCorrectionTable):
+    names = {str(w).split("_")[0] for w in table.table["WAVE_STR"]}
+    return str(int(wavelength)) in names
+  return int(wavelength) in table
+
+
 def degradation_factor(table, wavelength: int, time_unix_s: float) -> float:
   """The table's factor for a channel at a time (a wavelength,time,factor table: linear in time,
   constant beyond the ends; an aiapy table: aiapy's epoch and polynomial). ValueError when the

@@ -1,7 +1,7 @@
 """Distances between feature sets in numpy float64: FID, KID, precision/recall, density/coverage.
 
 Features are [num_images, dim] arrays from one extractor. Every function is deterministic for its
-seed. Uncertainties: `subsample_interval` for FID (half-set subsampling, because the bootstrap's
+seed. Uncertainties: `subsample_interval` for FID (half-set sampling, because the bootstrap's
 repeated images bias every resampled FID upward), the jackknife standard error for KID
 (`mmd2_jackknife`), and a bootstrap of the per-image terms for precision/recall/density/coverage.
 """
@@ -122,8 +122,9 @@ def mmd2_jackknife(x, y) -> tuple[float, float]:
 def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: int = 100,
         seed: int = 0) -> dict:
   """KID: the mean unbiased MMD^2 over random subsets (kid; as torch-fidelity and clean-fid),
-  the std over those subsets (kid_std, ddof 0 as torch-fidelity), and the unbiased MMD^2 of all
-  images with its jackknife standard error (kid_all, kid_se; mmd2_jackknife). kid_se is the
+  the std over those subsets (kid_std, ddof 0 as torch-fidelity), the unbiased MMD^2 of all
+  images (kid_all, which the subset mean estimates), and kid_se: the jackknife standard error of
+  kid_all (mmd2_jackknife) combined with the Monte Carlo error of the subset mean. kid_se is the
   sampling error of KID given the two sets; kid_std is not (subsets of one set overlap, and are
   all the same set when the sets are no larger than subset_size).
   """
@@ -139,7 +140,11 @@ def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: i
   out = dict(kid=float(values.mean()), kid_std=float(values.std()), subset_size=size,
              num_subsets=int(num_subsets))
   if min(len(x), len(y)) >= 3:
-    out["kid_all"], out["kid_se"] = mmd2_jackknife(x, y)
+    out["kid_all"], se_all = mmd2_jackknife(x, y)
+    # The mean over all subsets of a U-statistic is the all-images one; a finite number of
+    # random subsets adds its Monte Carlo error.
+    mc = float(values.std(ddof=1)) / np.sqrt(num_subsets) if num_subsets > 1 else 0.0
+    out["kid_se"] = float(np.hypot(se_all, mc))
   return out
 
 
@@ -193,33 +198,33 @@ def _percentile_ci(values, level: float) -> dict:
 
 def subsample_interval(metric_fn, real_features, fake_features, *, num_subsets: int = 200,
                        seed: int = 0, level: float = 0.95) -> dict:
-  """Normal interval of `metric_fn(real, fake) -> float` (FID) with a subsampling standard error.
+  """Normal interval of `metric_fn(real, fake) -> float` (FID) with a half-sampling s.e.
 
-  Each of `num_subsets` draws takes half of each set without replacement; by Politis & Romano's
-  subsampling, se = sqrt(m / n) x the std of the half-set values (m = n / 2 per set). The
-  interval is value +- z se, clipped at 0. A bootstrap does not serve here: its resamples repeat
-  about a third of the images, and FID's positive finite-sample bias grows as the distinct images
-  shrink, so every resampled FID lies above the estimate. The interval is the sampling error at
-  these set sizes; the bias itself (FID falls as the sets grow) is not removed, so FIDs compare
-  only at equal counts.
+  Each of `num_subsets` draws takes half of each set without replacement, and se is the std of
+  those half-set values: the delete-d jackknife with d = n / 2 (Shao & Wu 1989), whose factor
+  (n - d) / d is 1. It is consistent for smooth statistics of the set means and covariances;
+  where the sets are small against the feature dimension FID's variance falls faster than 1 / n
+  and the interval is wider than the spread (conservative). The interval is value +- z se,
+  clipped at 0. A bootstrap does not serve here: its resamples repeat about a third of the
+  images, and FID's positive finite-sample bias grows as the distinct images shrink, so every
+  resampled FID lies above the estimate. The bias itself (FID falls as the sets grow) is not
+  removed, so FIDs compare only at equal counts.
   """
   import scipy.stats
   real = np.asarray(real_features)
   fake = np.asarray(fake_features)
-  m_real, m_fake = max(len(real) // 2, 2), max(len(fake) // 2, 2)
   if min(len(real), len(fake)) < 4:
     raise ValueError("a FID interval needs at least 4 images in each set.")
   rng = np.random.default_rng(seed)
-  values = np.array([metric_fn(real[rng.choice(len(real), m_real, replace=False)],
-                               fake[rng.choice(len(fake), m_fake, replace=False)])
+  values = np.array([metric_fn(real[rng.choice(len(real), len(real) // 2, replace=False)],
+                               fake[rng.choice(len(fake), len(fake) // 2, replace=False)])
                      for _ in range(int(num_subsets))])
-  scale = np.sqrt(0.5 * (m_real / len(real) + m_fake / len(fake)))
-  se = float(scale * values.std(ddof=1))
+  se = float(values.std(ddof=1))
   value = float(metric_fn(real, fake))
   z = float(scipy.stats.norm.ppf(0.5 + level / 2))
   return dict(low=max(value - z * se, 0.0), high=value + z * se, se=se,
               num_subsets=int(num_subsets), level=level,
-              method="normal, subsampling s.e. (half sets without replacement)")
+              method="normal, half-sampling (delete-n/2 jackknife) s.e.")
 
 
 def prdc_bootstrap_ci(real_features, fake_features, *, k: int = 5, num_resamples: int = 200,
