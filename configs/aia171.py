@@ -161,7 +161,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   evaluation.kid_subsets = 100  # KID subsets.
   evaluation.pr_k = 5  # k of the k-NN manifolds (precision/recall, density/coverage).
   evaluation.num_clusters = 20  # k-means clusters on real features (NDB, JS divergence).
-  evaluation.bootstrap = 200  # Bootstrap resamples for confidence intervals.
+  evaluation.bootstrap = 200  # Resamples per interval (FID half-sets, PRDC bootstrap); <= 1: none.
   evaluation.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # Conditioning-accuracy sweep.
   evaluation.features_dir = ""  # Where export_features writes; "" = <workdir>/features.
   evaluation.pr_max_count = 10_000  # Precision/recall use at most this many images per set.

@@ -31,7 +31,7 @@ def _class_names(labels) -> dict[str, np.ndarray]:
 
 
 def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
-  """FID (+subsampling interval), KID (+jackknife s.e.), PRDC (+bootstrap CI), NDB/JS."""
+  """FID (+half-sampling interval), KID (+jackknife s.e.), PRDC (+bootstrap CI), NDB/JS."""
   out = {}
   n_min = min(len(real), len(fake))
   if n_min < 2:

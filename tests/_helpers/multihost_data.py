@@ -22,6 +22,39 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _exited(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # Exited, not yet reaped.
+  except FileNotFoundError:
+    return True
+  except OSError:  # No /proc: allow a moment instead.
+    time.sleep(2.0)
+    return True
+
+
+def _stop_after_the_other(out_prefix, process_id, wait_s=60.0):
+  """Exit 3, process 1 at once, process 0 (which hosts the JAX coordination service) once
+  process 1 has raised and exited (or after wait_s): process 0's exit aborts a process still on
+  its way to its own error, and the test could not tell that race from a process left waiting
+  in a barrier."""
+  if int(process_id) == 1:
+    with open(f"{out_prefix}1.stopped", "w") as f:
+      f.write(str(os.getpid()))
+    os._exit(3)  # Without shutdown: the other process may have stopped already.
+  deadline = time.monotonic() + wait_s
+  while time.monotonic() < deadline:
+    try:
+      with open(f"{out_prefix}1.stopped") as f:
+        pid = int(f.read() or 0)
+    except (FileNotFoundError, ValueError):
+      pid = 0
+    if pid and _exited(pid):
+      break
+    time.sleep(0.1)
+  os._exit(3)
+
+
 def main(process_id, port, base_dir, out_prefix, layout="own"):
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -39,23 +72,17 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
   folder = f"host{process_id}" if layout == "own" else "shared"
   config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
-  if layout == "no_manual_dir":
-    config.data.source, config.data.manual_dir = "manual", ""
-    try:
-      input_pipeline.load_split_arrays(config, "train")
-    except ValueError as e:
-      print(e, file=sys.stderr)
-      os._exit(3)  # Without shutdown: the other process may have stopped already.
-    return
-  if layout == "empty_manual_dir":
+  if layout in ("no_manual_dir", "empty_manual_dir"):
     config.data.source = "manual"
-    config.data.manual_dir = os.path.join(base_dir, "raw")
-    os.makedirs(config.data.manual_dir, exist_ok=True)
+    config.data.manual_dir = ""
+    if layout == "empty_manual_dir":
+      config.data.manual_dir = os.path.join(base_dir, "raw")
+      os.makedirs(config.data.manual_dir, exist_ok=True)
     try:
       input_pipeline.load_split_arrays(config, "train")
     except Exception as e:  # noqa: BLE001 (the test reads each process's error)
-      print(f"{type(e).__name__}: {e}", file=sys.stderr)
-      os._exit(3)
+      print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+      _stop_after_the_other(out_prefix, process_id)
     return
   if layout == "shared_late" and int(process_id) == 1:  # Until TFDS has moved the finished build
     while not [p for p in glob.glob(os.path.join(config.data.data_dir, "**", "dataset_info.json"),
