@@ -200,6 +200,9 @@ def build_dataset(config, workdir: str | None = None):
 
     builder = _on_every_process("building a host's local copy of the dataset", local,
                                 build_local_copy, builder)
+    # A host whose data_dir holds a dataset of other settings stops all (its error says which).
+    _on_every_process("checking the dataset's data settings", True,
+                      lambda: _check_settings(builder, config), None)
   _check_settings(builder, config)
   return builder
 

@@ -81,6 +81,22 @@ def test_every_host_stops_when_process_0_fails_to_build_the_dataset(tmp_path):
   assert "building the dataset failed on process 0" in errors[1], errors[1]
 
 
+def test_every_host_stops_when_one_holds_a_dataset_of_other_settings(tmp_path):
+  from solar_ddpm_jax import input_pipeline
+  other = aia171.get_config("test")
+  raw = str(tmp_path / "data" / "raw")
+  input_pipeline._write_synthetic_archive(other, raw)  # A manual archive both hosts build from.
+  other.data.source, other.data.manual_dir = "manual", raw
+  other.data.frame_px = other.data.synthetic.image_size
+  other.data.data_dir = str(tmp_path / "data" / "host1")
+  other.data.dn_ceiling = (2000.0,)
+  input_pipeline.build_dataset(other)
+  errors = _run_two("tests._helpers.multihost_data", tmp_path / "data", str(tmp_path / "out_"),
+                    "other_settings", returncode=3, timeout=240)
+  assert "built with other data settings" in errors[1], errors[1]
+  assert "checking the dataset's data settings failed on process 1" in errors[0], errors[0]
+
+
 def test_two_processes_train_together_and_agree(tmp_path):
   workdir, prefix = tmp_path / "run", str(tmp_path / "params_")
   _run_two("tests._helpers.multihost_train", workdir, prefix)

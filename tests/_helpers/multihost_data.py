@@ -9,7 +9,9 @@ reaches the data only after process 0 has built it (hosts that start at differen
 "no_manual_dir": a manual source with no dataset and no data.manual_dir; every process must stop
 with the error (exit 3), none may wait for the others in a build barrier. LAYOUT "empty_manual_dir":
 a manual source whose data.manual_dir holds no files, so that process 0's build fails; process 0
-stops with the build's error and process 1 with one naming process 0 (both exit 3).
+stops with the build's error and process 1 with one naming process 0 (both exit 3). LAYOUT
+"other_settings": own data_dirs, host1's holding a dataset of other data settings (built by the
+test); process 1 stops with the settings error and process 0 with one naming process 1.
 """
 
 import glob
@@ -69,9 +71,18 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
   config.mesh.coordinator_address = f"127.0.0.1:{port}"
   config.mesh.num_processes = 2
   config.mesh.process_id = int(process_id)
-  folder = f"host{process_id}" if layout == "own" else "shared"
+  folder = f"host{process_id}" if layout in ("own", "other_settings") else "shared"
   config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
+  if layout == "other_settings":  # The test built host1's dataset with another dn_ceiling.
+    config.data.source, config.data.manual_dir = "manual", os.path.join(base_dir, "raw")
+    config.data.frame_px = config.data.synthetic.image_size
+    try:
+      input_pipeline.load_split_arrays(config, "train")
+    except Exception as e:  # noqa: BLE001
+      print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+      _stop_after_the_other(out_prefix, process_id)
+    return
   if layout in ("no_manual_dir", "empty_manual_dir"):
     config.data.source = "manual"
     config.data.manual_dir = ""
