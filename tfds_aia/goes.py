@@ -13,6 +13,7 @@ Classes: A, B, C, M, X start at 1e-8, 1e-7, 1e-6, 1e-5, 1e-4 W/m^2; sub-class = 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -23,6 +24,7 @@ from tfds_aia import FLARE_CLASSES
 CLASS_BASES_W_M2 = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)  # Flux at which A, B, C, M, X start.
 NOAA_SCALING = 0.7  # Old NOAA GOES <= 15 fluxes = 0.7 x the true (science) flux.
 POLICIES = ("science", "noaa_0.7")
+COVERAGE_BIN_S = 600.0  # Forecast-window coverage counts 10-minute intervals with GOES data.
 
 
 class GoesGapError(ValueError):
@@ -66,6 +68,17 @@ class GoesFlux:
   def __len__(self):
     return len(self.time_unix_s)
 
+  @functools.cached_property
+  def coverage_bins(self) -> np.ndarray:
+    """Sorted indices of the COVERAGE_BIN_S intervals that hold a sample (window_coverage)."""
+    return np.unique(np.floor(self.time_unix_s / COVERAGE_BIN_S))
+
+
+def _trailing_number(text) -> int | None:
+  """The number a satellite name ends with ("GOES-15" -> 15), or None."""
+  m = re.search(r"(\d+)\s*$", str(text))
+  return int(m.group(1)) if m else None
+
 
 def native_scale(meta: dict, filename: str, satellite: str = "") -> str:
   """"science" for reprocessed L2 science data and GOES-16+, "noaa_0.7" for old operational data.
@@ -74,10 +87,11 @@ def native_scale(meta: dict, filename: str, satellite: str = "") -> str:
   included, so the satellite number decides first where the file names one.
   """
   name = os.path.basename(filename).lower()
-  number = re.search(r"(\d+)\s*$", str(satellite or meta.get("platform", "") or ""))
+  number = _trailing_number(satellite or meta.get("platform", "") or "")
   if number is None:
-    number = re.search(r"_g(\d{2})_", "_" + name.replace("-", "_"))
-  if number is not None and int(number.group(1)) >= 16:
+    in_name = re.search(r"_g(\d{2})_", "_" + name.replace("-", "_"))
+    number = int(in_name.group(1)) if in_name else None
+  if number is not None and number >= 16:
     return "science"
   level = str(meta.get("processing_level", "") or "").lower()
   if name.startswith("sci_") or "level 2" in level or "l2" in name.split("_")[0]:
@@ -151,8 +165,8 @@ def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
 
 
 def _satellite_number(name: str) -> str:
-  m = re.search(r"(\d+)\s*$", str(name))
-  return str(int(m.group(1))) if m else str(name).strip().upper()
+  number = _trailing_number(name)
+  return str(number) if number is not None else str(name).strip().upper()
 
 
 def merge(parts: list[GoesFlux], prefer=(), fill_gap_s: float = 60.0) -> GoesFlux:
@@ -247,21 +261,13 @@ def peak_flux(goes: GoesFlux, start_unix_s: float, window_s: float) -> float:
   return float(goes.flux_w_m2[lo:hi].max()) if hi > lo else float("nan")
 
 
-COVERAGE_BIN_S = 600.0  # Forecast-window coverage counts 10-minute intervals with GOES data.
-
-
-def window_coverage(goes: GoesFlux, start_unix_s: float, window_s: float,
-                    bin_s: float = COVERAGE_BIN_S) -> float:
-  """Fraction of the `bin_s` intervals of [start, start + window) that hold a valid GOES sample
-  (0..1). Ten-minute intervals: a gap that loses no interval is shorter than the rise of a
+def window_coverage(goes: GoesFlux, start_unix_s: float, window_s: float) -> float:
+  """Fraction of the COVERAGE_BIN_S intervals of [start, start + window) that hold a valid GOES
+  sample (0..1). Ten-minute intervals: a gap that loses no interval is shorter than the rise of a
   typical M or X flare, so it cannot hide one."""
-  bins = getattr(goes, "_coverage_bins", None)
-  if bins is None or bins[0] != bin_s:  # The series' intervals with data, once per series.
-    bins = (bin_s, np.unique(np.floor(goes.time_unix_s / bin_s)))
-    goes._coverage_bins = bins
-  count = max(int(round(window_s / bin_s)), 1)
-  first = np.floor(start_unix_s / bin_s)
-  lo, hi = np.searchsorted(bins[1], [first, first + count], side="left")
+  count = max(int(round(window_s / COVERAGE_BIN_S)), 1)
+  first = np.floor(start_unix_s / COVERAGE_BIN_S)
+  lo, hi = np.searchsorted(goes.coverage_bins, [first, first + count], side="left")
   return float(hi - lo) / count
 
 
