@@ -203,6 +203,7 @@ def build_dataset(config, workdir: str | None = None):
     # A host whose data_dir holds a dataset of other settings stops all (its error says which).
     _on_every_process("checking the dataset's data settings", True,
                       lambda: _check_settings(builder, config), None)
+    return builder
   _check_settings(builder, config)
   return builder
 
@@ -213,7 +214,7 @@ def _prepared_builder(config):
   # build_dataset's barriers are collective: in a multi-host job every process passes them, also
   # one that reaches this point after process 0 has finished the build and so finds the dataset.
   if jax.process_count() > 1 or not builder.is_prepared():
-    builder = build_dataset(config)
+    return build_dataset(config)  # Which checks the settings.
   _check_settings(builder, config)
   return builder
 
@@ -257,7 +258,7 @@ def load_split_arrays(config, split: str, label: str | None = None) -> dict:
     _ARRAYS_CACHE[key] = arrays
   if label not in FORECAST_LABELS:
     return dict(_ARRAYS_CACHE[key])
-  need = float(config.data.get("forecast_min_coverage", 0.9))
+  need = _forecast_min_coverage(config.data)
   if key + (need,) not in _ARRAYS_CACHE:  # One copy of the covered rows too.
     _ARRAYS_CACHE[key + (need,)] = forecast_rows(_ARRAYS_CACHE[key], config.data, split)
   return dict(_ARRAYS_CACHE[key + (need,)])
@@ -266,12 +267,16 @@ def load_split_arrays(config, split: str, label: str | None = None) -> dict:
 _COVERAGE_LOGGED: set = set()
 
 
+def _forecast_min_coverage(data_config) -> float:
+  return float(data_config.get("forecast_min_coverage", 0.9))
+
+
 def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
   """The rows whose forecast window has GOES data in at least data.forecast_min_coverage of its
   10-minute intervals: elsewhere (the last day of the archive, GOES gaps) the window's peak can
   miss a flare, so the forecast label is a lower bound, not a label. The other labels keep every
   row."""
-  need = float(data_config.get("forecast_min_coverage", 0.9))
+  need = _forecast_min_coverage(data_config)
   keep = np.asarray(arrays["forecast_coverage"]) >= need
   if keep.all():
     return arrays
