@@ -213,7 +213,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       table_path = self.settings["degradation_table"]
       if not os.path.isfile(table_path):
         raise FileNotFoundError(f"data.degradation_table={table_path} does not exist.")
-      table = preprocess.load_degradation_table(table_path)
+      table = frames.degradation_table(table_path)  # The local decodes reuse this read.
       missing = [c for c in self.builder_config.channels
                  if not preprocess.degradation_has_channel(table, c)]
       if missing:

@@ -18,7 +18,8 @@ from tfds_aia import cache, fits_io, preprocess
 
 
 @functools.lru_cache(maxsize=4)
-def _degradation_table(path: str):
+def degradation_table(path: str):
+  """preprocess.load_degradation_table(path), read once per process; None for no path."""
   return preprocess.load_degradation_table(path) if path else None
 
 
@@ -60,7 +61,7 @@ def _decode_plane(header, raw: bytes | None, ceiling: float, settings: dict, res
     raise
   if settings["register"]:
     data = fits_io.register_level15(header.path, data)
-  table = _degradation_table(settings["degradation_table"])
+  table = degradation_table(settings["degradation_table"])
   try:
     factor = preprocess.degradation_factor(table, header.wavelength, header.time_unix_s)
   except ValueError as e:  # No entry for this channel or time: this frame cannot be corrected.
