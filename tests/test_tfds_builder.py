@@ -54,13 +54,14 @@ def _shifted_copy(out_path, t_obs, **changes):
   return data, header
 
 
-def _independent_goes15(t_unix):
+def _independent_goes15():
+  """Times and 1-8 A fluxes of the valid samples of the GOES-15 file, read with astropy only."""
   with fits.open(GO15) as hdul:
     start = dt.datetime.strptime(hdul[0].header["DATE-OBS"], "%d/%m/%Y").replace(tzinfo=dt.UTC)
     t = start.timestamp() + np.asarray(hdul[2].data["TIME"][0], np.float64)
     flux = np.asarray(hdul[2].data["FLUX"][0][:, 0], np.float64)
   good = flux > 0
-  return float(np.interp(t_unix, t[good], flux[good]))
+  return t[good], flux[good]
 
 
 def _build(config, manual_dir, data_dir):
@@ -86,15 +87,14 @@ def test_real_sunpy_files_build_and_read_back(tmp_path):
   assert ex["image"].shape == (16, 16, 1)
   np.testing.assert_allclose(ex["image"][..., 0], expected, rtol=1e-5, atol=1e-6)
   t_unix = dt.datetime.fromisoformat(IMAGE_TIME).replace(tzinfo=dt.UTC).timestamp()
-  flux = _independent_goes15(t_unix)
+  goes_t, goes_flux = _independent_goes15()
+  flux = float(np.interp(t_unix, goes_t, goes_flux))
   assert 1e-5 <= flux < 1e-4  # The M2.5 flare.
   assert ex["flare_class"] == 3 and ex["subclass"] == pytest.approx(flux / 1e-5, rel=1e-5)
   assert ex["goes_flux_w_m2"] == pytest.approx(flux, rel=1e-5)
   assert ex["time_unix_s"] == pytest.approx(t_unix, abs=1e-3)
   assert ex["satellite"] == b"GOES-15" and ex["scaling_policy"] == b"noaa_0.7"
-  with fits.open(GO15) as hdul:  # The file ends at midnight: 17.3 h of the 24 h window.
-    start = dt.datetime.strptime(hdul[0].header["DATE-OBS"], "%d/%m/%Y").replace(tzinfo=dt.UTC)
-    goes_t = start.timestamp() + np.asarray(hdul[2].data["TIME"][0], np.float64)
+  # The file ends at midnight: 17.3 h of the 24 h window.
   bins = np.unique(np.floor(goes_t[goes_t >= np.floor(t_unix / 600) * 600] / 600))
   assert ex["forecast_coverage"] == pytest.approx(len(bins) / 144, rel=1e-6)
   assert ex["source_file"] == b"aia_171_shifted.fits"
