@@ -179,10 +179,8 @@ def sample_and_save(config, workdir: str) -> str:
     return out_dir
   os.makedirs(out_dir, exist_ok=True)
   s = cfg.sampling
-  from solar_ddpm_jax import diffusion, samplers
-  grid_steps = len(samplers.sampler_grid(
-      s.sampler, diffusion.alphas_cumprod_f64(cfg.diffusion), int(s.num_steps),
-      bool(cfg.diffusion.faithful_timesteps), samplers.schedule_logsnr_min(cfg.diffusion)))
+  from solar_ddpm_jax import samplers
+  grid_steps = len(samplers.config_grid(cfg))
   settings = {"sampler": s.sampler, "num_steps": int(s.num_steps), "grid_steps": grid_steps,
               "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
               "batch_size": int(s.batch_size),

@@ -97,6 +97,13 @@ def schedule_logsnr_min(diffusion_config) -> float | None:
   return COSINE_LOGSNR_MIN if diffusion_config.get("beta_schedule") == "cosine" else None
 
 
+def config_grid(config) -> np.ndarray:
+  """The timesteps config.sampling's sampler visits on config.diffusion's (float64) schedule."""
+  d, s = config.diffusion, config.sampling
+  return sampler_grid(str(s.sampler), diffusion.alphas_cumprod_f64(d), int(s.num_steps),
+                      bool(d.faithful_timesteps), schedule_logsnr_min(d))
+
+
 def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float = 1.0,
                       eta: float = 0.0, ddpm_variance: str = "beta") -> dict[str, np.ndarray]:
   """Per-step arrays [S] (float64) of a sampler on a timestep grid; computed once in numpy.

@@ -5,6 +5,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from tests._helpers.tables import aiapy_table
 from tfds_aia import preprocess
 
 
@@ -67,17 +68,6 @@ def test_preprocess_channel_and_degradation(tmp_path):
   np.testing.assert_allclose(out, np.full((2, 2), expected), rtol=1e-6)
 
 
-def _aiapy_table(path, rows):
-  """An aia.response-style correction table as aiapy's get_correction_table reads it."""
-  cols = ["DATE", "VER_NUM", "WAVE_STR", "WAVELNTH", "T_START", "T_STOP", "EFFA_P1", "EFFA_P2",
-          "EFFA_P3", "EFF_AREA", "EFF_WVLN"]
-  lines = [",".join(cols)]
-  for r in rows:
-    lines.append(",".join(str(r[c]) for c in cols))
-  path.write_text("\n".join(lines) + "\n")
-  return str(path)
-
-
 def test_aiapy_correction_table_factor_is_the_epoch_ratio_times_the_polynomial(tmp_path):
   base = dict(DATE="2020-01-01T00:00:00", VER_NUM=10, WAVE_STR="171_THIN", WAVELNTH=171,
               EFF_WVLN=171.0)
@@ -85,7 +75,7 @@ def test_aiapy_correction_table_factor_is_the_epoch_ratio_times_the_polynomial(t
                EFFA_P1=0.0, EFFA_P2=0.0, EFFA_P3=0.0),
           dict(base, T_START="2011-01-01T00:00:00", T_STOP="2030-01-01T00:00:00", EFF_AREA=1.6,
                EFFA_P1=-1e-4, EFFA_P2=2e-8, EFFA_P3=-1e-12)]
-  path = _aiapy_table(tmp_path / "aia_V10_response_table.txt", rows)
+  path = aiapy_table(tmp_path / "aia_V10_response_table.txt", rows)
   table = preprocess.load_degradation_table(path)
   assert isinstance(table, preprocess.AiapyCorrectionTable)
   t = dt.datetime(2012, 6, 1, 12, tzinfo=dt.UTC)

@@ -377,7 +377,7 @@ def test_pool_size_and_in_flight_bound(tmp_path, monkeypatch):
 
 
 def test_degradation_table_frames_outside_its_epochs_are_skipped(tmp_path):
-  from tests.test_preprocess import _aiapy_table
+  from tests._helpers.tables import aiapy_table
   manual = tmp_path / "manual"
   os.makedirs(manual / "goes")
   shutil.copy(GO15, manual / "goes")
@@ -385,7 +385,7 @@ def test_degradation_table_frames_outside_its_epochs_are_skipped(tmp_path):
   _shifted_copy(manual / "outside.fits", "2011-06-07T04:00:00.000")
   base = dict(DATE="2020-01-01T00:00:00", VER_NUM=10, WAVE_STR="171_THIN", WAVELNTH=171,
               EFF_WVLN=171.0, EFFA_P1=0.0, EFFA_P2=0.0, EFFA_P3=0.0)
-  table = _aiapy_table(tmp_path / "table.txt", [
+  table = aiapy_table(tmp_path / "table.txt", [
       dict(base, T_START="2010-03-24T00:00:00", T_STOP="2011-06-07T03:00:00", EFF_AREA=2.0)])
   config = _data_config()
   config.degradation_table = table
