@@ -164,6 +164,7 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   evaluation.bootstrap = 200  # Resamples per interval (FID half-sets, PRDC bootstrap); <= 1: none.
   evaluation.guidance_scales = (0.0, 1.0, 2.0, 3.0, 5.0, 7.0)  # Conditioning-accuracy sweep.
   evaluation.features_dir = ""  # Where export_features writes; "" = <workdir>/features.
+  evaluation.fid_infinity_points = 15  # FID-infinity fit points; needs 2 (dim + 1) images; 0: off.
   evaluation.pr_max_count = 10_000  # Precision/recall use at most this many images per set.
   evaluation.bright_quantile = 0.99  # Bright-region threshold: this quantile of real DN/s pixels.
   evaluation.classifier_checkpoint = ""  # Real-only classifier; "" = <workdir>/classifier.

@@ -106,6 +106,9 @@ def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir
   assert dom["all"]["fid_ci"]["num_subsets"] == config.evaluation.bootstrap
   assert {"kid", "kid_se", "precision", "coverage", "clusters"} <= set(dom["all"])
   assert dom["A"]["count_real"] == 4 and dom["A"]["count_generated"] == 3
+  # FID-infinity of 6-d features: 15 generated images suffice overall (>= 2 x 7), 3 per class not.
+  assert len(dom["all"]["fid_inf"]["counts"]) >= 3 and dom["all"]["fid_inf"]["counts"][-1] == 15
+  assert "needs 2 x (dim + 1) = 14" in dom["A"]["fid_inf"]["skipped"]
   phys = out["physics"]
   assert phys["X"]["count_real"] == 4 and phys["all"]["wasserstein_dn_s"] > 0
   assert "classifier" in out["conditioning_accuracy"]["skipped"]
@@ -117,7 +120,9 @@ def test_report_runs_and_skips_missing_pieces_with_reasons(tmp_path, encoder_dir
   # 3 generated A images: precision/recall with k = 2, not pr_k, and the table says so.
   assert dom["A"]["k"] == 2 < config.evaluation.pr_k
   assert "(k=2)" in next(line for line in md.splitlines() if line.startswith("| A |"))
-  assert "(k=" not in next(line for line in md.splitlines() if line.startswith("| all |"))
+  all_row = next(line for line in md.splitlines() if line.startswith("| all |"))
+  assert "(k=" not in all_row and f"| {dom['all']['fid_inf']['fid_inf']:.4g} |" in all_row
+  assert next(line for line in md.splitlines() if line.startswith("| A |")).count("|") == 13
   for png in ("histograms.png", "spectra.png", "profiles.png", "metrics_table.png"):
     assert os.path.getsize(os.path.join(d, png)) > 1000, png
 

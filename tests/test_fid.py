@@ -61,6 +61,36 @@ def test_fid_of_gaussians_has_closed_form():
   np.testing.assert_allclose(value, d * 1.0 + d * (2 - 1) ** 2, rtol=1e-12)
 
 
+def test_fid_infinity_removes_the_finite_sample_bias_of_gaussians():
+  # Real N(0, I) (many images), generated N(shift, s^2 I): the true distance is closed-form; FID of
+  # 2000 generated images lies above it by its 1/N bias, FID-infinity does not.
+  d, s, shift = 32, 1.2, 0.05
+  true = d * shift ** 2 + d * (1 - s) ** 2
+  finite, extrapolated = [], []
+  for seed in range(4):
+    rng = np.random.default_rng(seed)
+    real = rng.normal(size=(50_000, d))
+    fake = rng.normal(size=(2000, d)) * s + shift
+    finite.append(fid_lib.fid(real, fake))
+    out = fid_lib.fid_infinity(real, fake, seed=seed)
+    extrapolated.append(out["fid_inf"])
+    assert out["slope"] > 0 and out["counts"][0] == 200 and out["counts"][-1] == 2000
+    inv = 1.0 / np.asarray(out["counts"], np.float64)
+    slope, intercept = np.polyfit(inv, out["values"], 1)
+    np.testing.assert_allclose([out["fid_inf"], out["slope"]], [intercept, slope], rtol=1e-9)
+  bias_finite = np.mean(finite) - true
+  assert min(finite) > true and bias_finite > 0.1 * true
+  assert abs(np.mean(extrapolated) - true) < 0.3 * bias_finite
+
+
+def test_fid_infinity_needs_subsets_above_the_dimension():
+  rng = np.random.default_rng(0)
+  with pytest.raises(ValueError, match=r"2 x \(dim \+ 1\) = 66 generated images"):
+    fid_lib.fid_infinity(rng.normal(size=(500, 32)), rng.normal(size=(65, 32)))
+  out = fid_lib.fid_infinity(rng.normal(size=(500, 32)), rng.normal(size=(66, 32)), num_points=5)
+  assert out["counts"][0] == 33 and len(out["counts"]) == 5  # From dim + 1 when n / 10 is less.
+
+
 def test_fid_of_one_dimensional_features_and_too_few_images():
   x, y = np.arange(5.0), 1.5 * np.arange(6.0) + 0.2
   s1, s2 = np.var(x, ddof=1), np.var(y, ddof=1)

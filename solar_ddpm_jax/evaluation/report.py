@@ -31,7 +31,8 @@ def _class_names(labels) -> dict[str, np.ndarray]:
 
 
 def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
-  """FID (+half-sampling interval), KID (+jackknife s.e.), PRDC (+bootstrap CI), NDB/JS."""
+  """FID (+half-sampling interval, FID-infinity), KID (+jackknife s.e.), PRDC (+bootstrap CI),
+  NDB/JS."""
   out = {}
   n_min = min(len(real), len(fake))
   if n_min < 2:
@@ -41,6 +42,13 @@ def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
   if boot > 1 and n_min >= 4:
     out["fid_ci"] = fid_lib.subsample_interval(fid_lib.fid, real, fake, num_subsets=boot,
                                                seed=seed)
+  points = int(ev.get("fid_infinity_points", 15))
+  dim = int(np.prod(np.shape(fake)[1:]))
+  if points >= 3 and len(fake) >= 2 * (dim + 1):
+    out["fid_inf"] = fid_lib.fid_infinity(real, fake, num_points=points, seed=seed)
+  elif points >= 3:
+    out["fid_inf"] = {"skipped": f"{len(fake)} generated images; FID-infinity needs "
+                                 f"2 x (dim + 1) = {2 * (dim + 1)}"}
   out.update(fid_lib.kid(real, fake, subset_size=int(ev.kid_subset_size),
                          num_subsets=int(ev.kid_subsets), seed=seed))
   cap = int(ev.get("pr_max_count", 10_000))
@@ -273,8 +281,8 @@ def markdown(report: dict) -> str:
       continue
     s = entry["settings"]
     lines.append("Settings: " + "; ".join(f"{k}={v}" for k, v in s.items()))
-    lines += ["", "| class | n real | n gen | FID [CI] | KID ± s.e. | precision | recall | "
-              "density | coverage | NDB/K | JS |", "|" + "---|" * 11]
+    lines += ["", "| class | n real | n gen | FID [CI] | FID∞ | KID ± s.e. | precision | "
+              "recall | density | coverage | NDB/K | JS |", "|" + "---|" * 12]
     for cls, m in entry.items():
       if cls == "settings":
         continue
@@ -289,7 +297,8 @@ def markdown(report: dict) -> str:
       k_s = f" (k={k})" if k is not None and k != s.get("pr_k") else ""
       lines.append(
           f"| {cls} | {m['count_real']} | {m['count_generated']} | {fid_s} | "
-          f"{_fmt(m['kid'])} ± {_fmt(m.get('kid_se'))} | {_fmt(m.get('precision'))}{k_s} | "
+          f"{_fmt(m.get('fid_inf', {}).get('fid_inf'))} | {_fmt(m['kid'])} ± "
+          f"{_fmt(m.get('kid_se'))} | {_fmt(m.get('precision'))}{k_s} | "
           f"{_fmt(m.get('recall'))} | {_fmt(m.get('density'))} | {_fmt(m.get('coverage'))} | "
           f"{_fmt(c.get('ndb_fraction'))} | {_fmt(c.get('js'))} |")
     lines.append("")
