@@ -137,6 +137,32 @@ def test_diffusion_model_of_other_data_is_refused_before_any_work(tmp_path, fake
   assert calls == [] and not (tmp_path / "augment_experiment" / "logs_real_0").exists()
 
 
+@pytest.mark.parametrize("field,value", [
+    ("stretch", "asinh"), ("dn_ceiling", (20000.0,)), ("downsample", "resize"),
+    ("goes_scaling", "noaa_0.7"), ("hek_scaling", "science"), ("hek_events", "/x/hek.json")])
+def test_a_diffusion_model_of_other_pixels_or_classes_is_refused(tmp_path, field, value):
+  # Images on another stretch or ceiling, or classes of another GOES/HEK policy, would enter the
+  # synthetic arm mislabelled or misscaled.
+  config = aia171.get_config("test")
+  trained = config.copy_and_resolve_references()
+  setattr(trained.data, field, value)
+  os.makedirs(tmp_path / "diffusion")
+  (tmp_path / "diffusion" / "config.json").write_text(trained.to_json_best_effort())
+  with pytest.raises(ValueError, match=rf"other data.*data\.{field}: diffusion"):
+    experiment.check_diffusion_data(config, str(tmp_path / "diffusion"))
+
+
+def test_the_same_data_settings_pass_wherever_the_hek_list_lies(tmp_path):
+  config = aia171.get_config("test")
+  config.data.hek_events = "/here/hek_flares.json"
+  trained = config.copy_and_resolve_references()
+  trained.data.hek_events = "/elsewhere/hek_flares.json"
+  os.makedirs(tmp_path / "diffusion")
+  (tmp_path / "diffusion" / "config.json").write_text(trained.to_json_best_effort())
+  assert experiment.check_diffusion_data(config, str(tmp_path / "diffusion"))["label"] == (
+      config.data.label)
+
+
 def test_augmented_arm_trains_on_the_real_images_with_augmentation_only(tmp_path, fake_data,
                                                                          monkeypatch):
   from solar_ddpm_jax.classifier import train as train_lib
@@ -165,3 +191,12 @@ def test_oversampling_and_loss_weights_together_are_refused(tmp_path, fake_data)
   config.classifier.class_weights = True
   with pytest.raises(ValueError, match="oversample=False"):
     experiment.augment_experiment(config, str(tmp_path))
+
+
+def test_a_rebalanced_arm_without_a_correction_is_refused(tmp_path, fake_data):
+  _, calls = fake_data
+  config = aia171.get_config("test")
+  config.classifier.oversample = False
+  with pytest.raises(ValueError, match="would train exactly as 'augmented'"):
+    experiment.augment_experiment(config, str(tmp_path))
+  assert calls == []

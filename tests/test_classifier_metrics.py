@@ -68,7 +68,9 @@ def test_tss_hss_hand_computed():
   assert metrics.tss(5, 0, 0, 5) == pytest.approx(1.0)
   assert metrics.hss(5, 0, 0, 5) == pytest.approx(1.0)
   assert metrics.tss(0, 5, 5, 0) == pytest.approx(-1.0)
-  assert metrics.hss(0, 0, 0, 10) == 0.0  # Undefined (no events, none forecast): 0.
+  assert np.isnan(metrics.hss(0, 0, 0, 10))  # Undefined (no events, none forecast).
+  assert np.isnan(metrics.tss(0, 3, 0, 7))  # No events in the truth: no skill to measure.
+  assert np.isnan(metrics.tss(4, 0, 1, 0))  # No non-events.
 
 
 def test_thresholds_from_multiclass_labels():

@@ -96,6 +96,19 @@ def test_missing_and_misshapen_tensors_are_named():
     clip.params_from_hf(tensors, TINY)
 
 
+def test_a_pytorch_bin_in_place_of_the_safetensors_says_what_was_expected(tmp_path):
+  import pickle
+  import zipfile
+  path = tmp_path / "pytorch_model.bin"  # torch.save's zip layout, not safetensors.
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps({}))
+  with pytest.raises(weights.WeightError) as e:
+    clip.load_clip_params(str(path))
+  msg = str(e.value)
+  assert str(path) in msg and "could not be read as model.safetensors of openai/clip" in msg
+  assert "--config.evaluation.clip_weights=" in msg and "huggingface.co" in msg
+
+
 def test_missing_file_names_file_source_and_key(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     clip.load_clip_params(str(tmp_path / "model.safetensors"))

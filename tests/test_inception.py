@@ -103,6 +103,21 @@ def test_missing_and_misshapen_tensors_are_named(state_dict):
     inception.params_from_torch(sd)
 
 
+def test_a_weight_file_of_another_format_says_what_was_expected(tmp_path):
+  page = tmp_path / "inception_v3_weights_fid.pickle"  # A download page saved in its place.
+  page.write_text("<!DOCTYPE html><html><body>Dropbox</body></html>")
+  pth = tmp_path / "pt_inception.pth"
+  pth.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # safetensors bytes, not torch.
+  for path in (page, pth):
+    with pytest.raises(weights.WeightError) as e:
+      inception.load_inception_params(str(path))
+    msg = str(e.value)
+    assert str(path) in msg and "could not be read as pt_inception-2015-12-05" in msg
+    assert "--config.evaluation.inception_weights=" in msg and "github.com/mseitzer" in msg
+  with pytest.raises(FileNotFoundError, match="is a directory, not a weight file"):
+    inception.load_inception_params(str(tmp_path))
+
+
 def test_imagenet_inception_weights_are_refused(state_dict):
   # torchvision's inception_v3_google weights have the same trunk but a 1000-class head.
   sd = dict(state_dict, **{"fc.weight": np.zeros((1000, 2048), np.float32),

@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import input_pipeline
+from solar_ddpm_jax import input_pipeline, outputs
 from solar_ddpm_jax.classifier import metrics as metrics_lib
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
@@ -59,9 +59,22 @@ def generate_synthetic(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(images, np.float32), flare_labels
 
 
-# The config.data settings that decide which frames a model trained on and what its classes mean.
-DIFFUSION_DATA_FIELDS = ("source", "train_end", "val_end", "split_gap_hours", "label", "resolution",
-                         "channels")
+# The config.data settings that decide which frames a model trained on, what its classes mean
+# (GOES flux and HEK policy) and how its pixels map to DN/s (outputs.SAMPLE_DATA_KEYS).
+DIFFUSION_DATA_FIELDS = ("source", "train_end", "val_end", "split_gap_hours", "label",
+                         "goes_scaling", "goes_tolerance_s", "goes_satellites", "hek_events",
+                         "hek_scaling", "hek_min_class", "hek_window_minutes",
+                         *outputs.SAMPLE_DATA_KEYS)
+FORECAST_DATA_FIELDS = ("forecast_window_hours", "forecast_min_coverage")
+
+
+def _comparable(data: dict, key: str):
+  value = data.get(key)
+  if key == "hek_events" and value:
+    return os.path.basename(str(value))  # The same list, wherever this machine keeps it.
+  if isinstance(value, list | tuple):
+    return [float(v) if isinstance(v, int | float) else v for v in value]
+  return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def check_diffusion_data(config, source: str) -> dict | None:
@@ -78,8 +91,12 @@ def check_diffusion_data(config, source: str) -> dict | None:
   with open(path) as f:
     trained = json.load(f).get("data", {})
   ours = json.loads(config.data.to_json_best_effort())
-  theirs = {k: trained.get(k) for k in DIFFUSION_DATA_FIELDS}
-  differ = {k: (theirs[k], ours.get(k)) for k in DIFFUSION_DATA_FIELDS if theirs[k] != ours.get(k)}
+  fields = DIFFUSION_DATA_FIELDS
+  if "forecast" in str(ours.get("label")) or "forecast" in str(trained.get("label")):
+    fields += FORECAST_DATA_FIELDS
+  theirs = {k: trained.get(k) for k in fields}
+  differ = {k: (theirs[k], ours.get(k)) for k in fields
+            if _comparable(trained, k) != _comparable(ours, k)}
   if differ:
     listed = "; ".join(f"data.{k}: diffusion {a!r}, classifier {b!r}"
                        for k, (a, b) in differ.items())
@@ -92,7 +109,13 @@ def check_diffusion_data(config, source: str) -> dict | None:
 
 
 def check_rebalancing(classifier_config) -> None:
-  """Oversampling and inverse-frequency weights each correct the imbalance: not both at once."""
+  """The rebalanced arm takes one correction of the imbalance: oversampling or inverse-frequency
+  weights, not both at once and not neither (it would be the augmented arm under another name)."""
+  if not classifier_config.oversample and not classifier_config.class_weights:
+    raise ValueError(
+        "classifier.arms has 'rebalanced' but classifier.oversample and classifier.class_weights "
+        "are both off: that arm would train exactly as 'augmented'. Set "
+        "--config.classifier.oversample=True or --config.classifier.class_weights=True.")
   if classifier_config.oversample and classifier_config.class_weights:
     raise ValueError(
         "classifier.oversample and classifier.class_weights both correct the class imbalance; "
@@ -253,6 +276,8 @@ def chance_scores(train_labels, test_labels, names) -> dict:
 
 
 def _fmt(s: dict) -> str:
+  if np.isnan(s["mean"]):
+    return "n/a"  # TSS/HSS of a test split without events (or without non-events).
   return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 

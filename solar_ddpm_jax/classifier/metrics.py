@@ -47,14 +47,19 @@ def binary_contingency(y_true, y_pred, threshold: int) -> dict[str, int]:
 
 
 def tss(tp, fp, fn, tn) -> float:
-  """True skill statistic: TP/(TP+FN) - FP/(FP+TN); a term with an empty denominator is 0."""
-  return float(_safe_div(tp, tp + fn) - _safe_div(fp, fp + tn))
+  """True skill statistic: TP/(TP+FN) - FP/(FP+TN); NaN (undefined) when the truth has no events
+  or no non-events (a test period without >=M flares scores no skill, not -FP/(FP+TN))."""
+  if tp + fn == 0 or fp + tn == 0:
+    return float("nan")
+  return float(tp / (tp + fn) - fp / (fp + tn))
 
 
 def hss(tp, fp, fn, tn) -> float:
-  """Heidke skill score 2(TP TN - FP FN) / ((TP+FN)(FN+TN) + (TP+FP)(FP+TN)); 0 if undefined."""
+  """Heidke skill score 2(TP TN - FP FN) / ((TP+FN)(FN+TN) + (TP+FP)(FP+TN)); NaN if undefined
+  (the denominator is 0 when the truth or the forecasts are all of one kind)."""
   tp, fp, fn, tn = (float(v) for v in (tp, fp, fn, tn))
-  return float(_safe_div(2 * (tp * tn - fp * fn), (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+  den = (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)
+  return float(2 * (tp * tn - fp * fn) / den) if den > 0 else float("nan")
 
 
 def classification_report(y_true, y_pred, class_names, thresholds: dict[str, int] | None = None

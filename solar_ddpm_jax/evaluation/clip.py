@@ -173,8 +173,8 @@ def params_from_hf(tensors: dict, cfg: ClipVisionConfig = VIT_B_32) -> dict:
 
 def load_clip_params(path: str, cfg: ClipVisionConfig = VIT_B_32) -> dict:
   """Reads model.safetensors of openai/clip-vit-base-patch32 into Flax params (no torch)."""
-  weights_lib.require_file(path, "clip")
-  return params_from_hf(weights_lib.load_safetensors(path), cfg)
+  return weights_lib.read_weights(
+      path, "clip", lambda p: params_from_hf(weights_lib.load_safetensors(p), cfg))
 
 
 def apply_features(params, images, cfg: ClipVisionConfig = VIT_B_32):

@@ -257,10 +257,11 @@ def params_from_jax_fid(flat_tree: dict) -> dict:
 
 def load_inception_params(path: str) -> dict:
   """Reads pytorch-fid's .pth or jax-fid's pickle/npz into Flax params (no torch needed)."""
-  weights_lib.require_file(path, "inception")
-  if path.endswith((".pth", ".pt")):
-    return params_from_torch(weights_lib.load_torch_state_dict(path))
-  return params_from_jax_fid(weights_lib.load_numpy_tree(path))
+  if path and path.endswith((".pth", ".pt")):
+    return weights_lib.read_weights(
+        path, "inception", lambda p: params_from_torch(weights_lib.load_torch_state_dict(p)))
+  return weights_lib.read_weights(
+      path, "inception", lambda p: params_from_jax_fid(weights_lib.load_numpy_tree(p)))
 
 
 def apply_features(params, images, size: int = INPUT_SIZE):

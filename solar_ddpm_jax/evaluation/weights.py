@@ -37,14 +37,36 @@ class WeightError(ValueError):
 
 def require_file(path: str, extractor: str) -> str:
   """Returns `path` if it is a file; otherwise raises naming the file, its source and config key."""
-  info = PUBLISHED[extractor]
   if path and os.path.isfile(path):
     return path
-  where = " or ".join(info["urls"])
-  given = f"{path!r} does not exist" if path else "no path was given"
-  raise FileNotFoundError(
-      f"{extractor} weights: {given}. Download {info['files']} from {where} and pass its path "
-      f"with --config.{info['key'].removeprefix('config.')}=/path/to/file ({info['key']}).")
+  if not path:
+    given = "no path was given"
+  elif os.path.isdir(path):
+    given = f"{path!r} is a directory, not a weight file"
+  else:
+    given = f"{path!r} does not exist"
+  raise FileNotFoundError(f"{extractor} weights: {given}. {_where_to_get(extractor)}")
+
+
+def _where_to_get(extractor: str) -> str:
+  info = PUBLISHED[extractor]
+  return (f"Download {info['files']} from {' or '.join(info['urls'])} and pass its path with "
+          f"--config.{info['key'].removeprefix('config.')}=/path/to/file ({info['key']}).")
+
+
+def read_weights(path: str, extractor: str, reader):
+  """reader(path) of an existing weight file; a file of another format (a pytorch_model.bin for
+  model.safetensors, a saved download page for the pickle) raises WeightError naming the file,
+  what was expected and where to get it."""
+  require_file(path, extractor)
+  try:
+    return reader(path)
+  except WeightError:
+    raise
+  except Exception as e:  # Unpickling, zip, safetensors and numpy errors alike.
+    raise WeightError(
+        f"{extractor} weights: {path!r} could not be read as {PUBLISHED[extractor]['files']} "
+        f"({type(e).__name__}: {e}). {_where_to_get(extractor)}") from e
 
 
 def sha256_file(path: str) -> str:
