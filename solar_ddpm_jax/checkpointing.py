@@ -8,6 +8,7 @@ Restores take target shardings, so a run saved on 8 devices resumes on 4 (or on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -99,9 +100,27 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  with _naming_a_mismatch(manager.directory, step):
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
   return restored["state"], dict(restored["data"] or {"step": step})
+
+
+@contextlib.contextmanager
+def _naming_a_mismatch(directory, step: int):
+  """Orbax's tree-structure and shape errors, re-raised naming the checkpoint and what to do."""
+  try:
+    yield
+  except (ValueError, KeyError, TypeError) as e:
+    config_json = os.path.join(os.path.dirname(os.path.normpath(str(directory))), "config.json")
+    hint = (f"the run's own config is {config_json}" if os.path.exists(config_json)
+            else "use the config it was trained with")
+    detail = str(e).split(" To enable it")[0][:400]  # Not orbax's advice to pad or truncate.
+    raise ValueError(
+        f"The checkpoint of step {step} in {directory} does not fit this config: its model (or, "
+        "for a resume, its optimizer: training.grad_clip_norm, the schedule) differs from the "
+        f"one that wrote it ({type(e).__name__}: {detail}). Pass the same --config "
+        f"overrides as the training run ({hint}), or train in a new --workdir.") from e
 
 
 def restore_params(config, workdir: str, step: int = -1, ema: bool = True):
@@ -114,14 +133,24 @@ def restore_params_and_step(config, workdir: str, step: int = -1, ema: bool = Tr
   from solar_ddpm_jax import sharding, train_state
   mesh = sharding.create_mesh(config.mesh)
   abstract = train_state.abstract_state(config)
-  target = abstract_with_shardings(abstract,
-                                   jax.tree.map(lambda _: sharding.replicated(mesh), abstract))
+  # Only the step and one set of parameters: the optimizer state is not read, so sampling and
+  # evaluation need the training run's model settings but not its optimizer ones.
+  key = "ema_params" if ema else "params"
+  wanted = {"step": abstract.step, key: getattr(abstract, key)}
+  target = abstract_with_shardings(wanted,
+                                   jax.tree.map(lambda _: sharding.replicated(mesh), wanted))
   manager = create_manager(workdir, read_only=True)
   try:
-    state, _ = restore(manager, target, None if step < 0 else step)
+    chosen = manager.latest_step() if step < 0 else step
+    if chosen is None:
+      raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+    with _naming_a_mismatch(manager.directory, chosen):
+      restored = manager.restore(chosen, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))["state"]
   finally:
     manager.close()
-  return (state.ema_params if ema else state.params), int(jax.device_get(state.step))
+  return restored[key], int(jax.device_get(restored["step"]))
 
 
 def latest_step(workdir: str) -> int | None:

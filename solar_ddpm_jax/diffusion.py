@@ -191,6 +191,11 @@ def training_loss(apply_fn, params, schedule: Schedule, images, labels, key, *, 
                          bool(c.per_sample_dropout))
   out = apply_fn(params, x_t, t, labels, train=train,
                  rngs={"dropout": k_dropout} if train else None)
+  if out.shape != images.shape:  # A [.., 1] output would broadcast against [.., 4] targets.
+    raise ValueError(
+        f"The network maps images of shape {tuple(images.shape)} to {tuple(out.shape)}: "
+        "model.in_channels and model.out_channels must both equal the number of data.channels "
+        "(and model.image_size data.resolution).")
   abar = _bcast(schedule.alphas_cumprod, t, x0.ndim)
   err = out.astype(jnp.float32) - prediction_target(c.prediction, abar, x0, noise)
   if c.loss == "mse":

@@ -427,7 +427,7 @@ def create_train_iterator(config, mesh, *, split: str = "train", start_step: int
   outside = labels_outside(labels, num_classes)
   if outside:
     raise LabelRangeError(
-        f"The {split} split of {config.data.get('data_dir') or 'the TFDS data dir'} has "
+        f"The {split} split of the dataset in {dataset_dirs(config)[0]} has "
         f"{label_field(config)} labels {outside} outside 0..{num_classes - 1}; "
         f"model.num_classes={num_classes} must cover every class.")
 

@@ -89,9 +89,11 @@ def maybe_initialize_distributed(mesh_config) -> bool:
     return False
   kwargs = {}
   if explicit:
+    # Unset counts (0 / -1) are None: JAX then reads them from SLURM, MPI or the TPU environment.
+    num = int(mesh_config.get("num_processes", 0))
+    pid = int(mesh_config.get("process_id", -1))
     kwargs = dict(coordinator_address=mesh_config.coordinator_address,
-                  num_processes=int(mesh_config.num_processes),
-                  process_id=int(mesh_config.process_id))
+                  num_processes=num if num > 0 else None, process_id=pid if pid >= 0 else None)
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as e:
@@ -105,7 +107,12 @@ def maybe_initialize_distributed(mesh_config) -> bool:
           "--config.mesh.num_processes and --config.mesh.process_id, or "
           "--config.mesh.distributed=off to run as one process.") from e
     else:
-      raise
+      raise RuntimeError(
+          f"jax.distributed.initialize(coordinator_address={kwargs['coordinator_address']!r}, "
+          f"num_processes={kwargs['num_processes']}, process_id={kwargs['process_id']}) failed "
+          f"({type(e).__name__}: {e}). Where the environment (SLURM, MPI, TPU) does not give the "
+          "process count and index, pass --config.mesh.num_processes and "
+          "--config.mesh.process_id.") from e
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

@@ -145,3 +145,35 @@ def test_restore_without_checkpoint_says_where(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     checkpointing.restore(manager, jax.eval_shape(lambda: _tiny_state(0, 0.0)))
   manager.close()
+
+
+def test_parameters_restore_without_the_optimizer_and_a_misfit_says_what_to_pass(tmp_path):
+  from configs import aia171
+  config = aia171.get_config("test")
+  config.training.grad_clip_norm = 1.0  # optax.chain(clip, adamw): a two-part optimizer state.
+  state = jax.jit(lambda k: train_state.init_state(config, k))(jax.random.PRNGKey(0))
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
+  manager = checkpointing.create_manager(str(tmp_path), config.training)
+  checkpointing.save(manager, state)
+  manager.wait_until_finished()
+  manager.close()
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  # Sampling with another optimizer setting: only the parameters are read.
+  other_optimizer = config.copy_and_resolve_references()
+  other_optimizer.training.grad_clip_norm = 0.0
+  for ema, want in ((True, state.ema_params), (False, state.params)):
+    params, step = checkpointing.restore_params_and_step(other_optimizer, str(tmp_path), ema=ema)
+    assert step == 0
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Resuming needs the optimizer too; another model fits neither. Both name the run's config.
+  manager = checkpointing.create_manager(str(tmp_path), config.training)
+  with pytest.raises(ValueError, match=r"step 0 in .*checkpoints does not fit this config.*"
+                                       r"config\.json"):
+    checkpointing.restore(manager, train_state.abstract_state(other_optimizer))
+  manager.close()
+  other_model = config.copy_and_resolve_references()
+  other_model.model.base_channels = 2 * int(config.model.base_channels)
+  with pytest.raises(ValueError, match=r"does not fit this config: its model") as e:
+    checkpointing.restore_params(other_model, str(tmp_path))
+  assert "strict=False" not in str(e.value)  # Padding or truncating weights is no remedy.

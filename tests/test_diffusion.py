@@ -162,6 +162,15 @@ def test_training_loss_faithful_timesteps_skip_zero_and_l1():
   assert float(loss) == pytest.approx(0.5, rel=1e-6)
 
 
+def test_a_network_with_other_output_channels_is_refused_not_broadcast():
+  s = diffusion.make_schedule(_config(num_timesteps=10))
+  one_channel = lambda params, x_t, t, labels, train=False, rngs=None: x_t[..., :1]
+  with pytest.raises(ValueError, match=r"\(2, 4, 4, 4\) to \(2, 4, 4, 1\).*model.out_channels"):
+    diffusion.training_loss(one_channel, None, s, jnp.zeros((2, 4, 4, 4)),
+                            jnp.zeros((2,), jnp.int32), jax.random.key(0),
+                            diffusion_config=_config(num_timesteps=10), num_classes=5)
+
+
 def test_eps_loss_matches_an_independent_computation():
   """The eps loss of a network returning x_t, recomputed from the same draws in numpy."""
   s = diffusion.make_schedule(_config(num_timesteps=50))

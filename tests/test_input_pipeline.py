@@ -80,8 +80,9 @@ def test_labels_outside_the_model_classes_stop_training(config):
   fewer = config.copy_and_resolve_references()
   fewer.model.num_classes = top  # The highest class of the split is one too many.
   mesh = sharding.create_mesh(fewer.mesh)
-  with pytest.raises(input_pipeline.LabelRangeError, match=f"labels \\[{top}\\] outside"):
+  with pytest.raises(input_pipeline.LabelRangeError, match=f"labels \\[{top}\\] outside") as e:
     input_pipeline.create_train_iterator(fewer, mesh)
+  assert input_pipeline.dataset_dirs(config)[0] in str(e.value)  # Which dataset, by its folder.
   with pytest.raises(input_pipeline.LabelRangeError):
     train.evaluate(None, None, lambda: input_pipeline.create_train_iterator(fewer, mesh), 1)
 

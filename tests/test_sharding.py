@@ -43,6 +43,23 @@ def test_a_multi_task_job_without_a_coordinator_says_what_to_pass(no_hints):
   assert sharding.maybe_initialize_distributed(_mesh(distributed="off")) is False
 
 
+def test_a_coordinator_address_alone_leaves_the_counts_to_the_environment(no_hints):
+  monkeypatch, calls = no_hints
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  sharding.maybe_initialize_distributed(_mesh(coordinator_address="10.0.0.1:1234",
+                                              num_processes=0, process_id=-1))
+  assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=None,
+                        process_id=None)]
+
+
+def test_a_failed_explicit_start_names_the_settings_to_pass(no_hints):
+  _, calls = no_hints  # initialize raises as JAX does without enough information.
+  with pytest.raises(RuntimeError, match=r"process_id=None\) failed.*--config.mesh.num_processes"):
+    sharding.maybe_initialize_distributed(_mesh(coordinator_address="10.0.0.1:1234",
+                                                num_processes=0, process_id=-1))
+  assert calls[0]["coordinator_address"] == "10.0.0.1:1234"
+
+
 def test_mesh_sizes_must_be_positive():
   for fsdp, data in ((0, -1), (-1, -1), (1, 0)):
     with pytest.raises(ValueError, match="positive device counts"):
