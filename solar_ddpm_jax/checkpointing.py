@@ -49,8 +49,24 @@ def create_manager(workdir: str, training_config=None, *,
                                item_names=("state", "data"))
 
 
+# Settings a resumed run must share with the checkpoint's: the same weights trained on another
+# target, schedule or label would continue a different run without any shape telling.
+RESUME_SETTINGS = (("diffusion", "prediction"), ("diffusion", "beta_schedule"),
+                   ("diffusion", "num_timesteps"), ("diffusion", "loss"), ("data", "label"))
+
+
+def run_settings(config) -> dict:
+  """The RESUME_SETTINGS of a config, by dotted name, as JSON values."""
+  out = {}
+  for group, key in RESUME_SETTINGS:
+    value = config[group].get(key)
+    out[f"{group}.{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
+  return out
+
+
 def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
-         data_seed: int = 0, batch_size: int | None = None, force: bool = False) -> bool:
+         data_seed: int = 0, batch_size: int | None = None, settings: dict | None = None,
+         force: bool = False) -> bool:
   """Starts an async save of `state` at its step (collective: every process calls it)."""
   step = int(jax.device_get(state.step))
   if step in manager.all_steps():
@@ -58,6 +74,8 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
   data = {"step": step, "data_seed": int(data_seed)}
   if batch_size is not None:
     data["batch_size"] = int(batch_size)
+  if settings:
+    data["settings"] = dict(settings)
   if metrics is not None:
     metrics = {k: float(v) for k, v in metrics.items()}
   saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -69,7 +87,8 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
 
 
 def check_resume_record(record: dict, config, directory) -> None:
-  """Refuses a resume whose seed differs from the checkpoint's; warns on a new batch size.
+  """Refuses a resume whose seed or RESUME_SETTINGS differ from the checkpoint's; warns on a new
+  batch size.
 
   The noise, timesteps, label dropout and data order are functions of (seed, step), so another
   seed would silently continue a different run; another batch size moves the data position.
@@ -79,6 +98,15 @@ def check_resume_record(record: dict, config, directory) -> None:
     raise ValueError(
         f"The checkpoints in {directory} were trained with seed {int(seed)}, this config has "
         f"seed {int(config.seed)}. Resume with --config.seed={int(seed)}, or train in a new "
+        "--workdir.")
+  saved, ours = record.get("settings") or {}, run_settings(config)
+  keys = [k for k in ours if k in saved and saved[k] != ours[k]]
+  if keys:
+    differ = "; ".join(f"{k}: checkpoint {saved[k]!r}, config {ours[k]!r}" for k in keys)
+    passes = " ".join(f"--config.{k}={saved[k]}" for k in keys)
+    raise ValueError(
+        f"The checkpoints in {directory} were trained with other settings ({differ}): "
+        f"resuming would continue a different run. Resume with {passes}, or train in a new "
         "--workdir.")
   batch = record.get("batch_size")
   if batch is not None and int(batch) != int(config.training.batch_size):

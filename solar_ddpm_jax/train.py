@@ -270,55 +270,65 @@ def train_and_evaluate(config, workdir: str, *,
     write_scalars(writer, workdir, done, summarize_metrics(pending),
                   extra={"window_steps": len(pending)})
 
+  settings = checkpointing.run_settings(config)
   profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
   logging_on = int(tc.log_every_steps) > 0
   pending, pending_start = [], start_step
-  with _SigtermFlag() as sigterm, profiler:
-    for step in range(start_step, num_steps):
-      profiler.before(step, state)
-      batch = next(train_iterator)
-      state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
-      pending.append(metrics)
-      done = step + 1
-      report(done, time.time())
-      last = done == num_steps
-      if _due(done, tc.log_every_steps, last):
-        log_window(done)
-        pending, pending_start = [], done
-      eval_ran = _due(done, tc.eval_every_steps, last)
-      eval_metrics = run_eval(done) if eval_ran else None
-      checkpoint_due = last or _due(done, tc.checkpoint_every_steps, False)
-      if checkpoint_due:
-        if not eval_ran and int(tc.eval_every_steps) > 0:
-          eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best is kept).
-        check_finite(pending, pending_start, manager)
-        if not logging_on:  # Nothing else empties the window: checked, dropped.
-          pending, pending_start = [], done
-        with report.timed("checkpoint"):
-          checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics,
-                             batch_size=int(tc.batch_size))
-      if _due(done, tc.sample_every_steps, last):
-        with report.timed("sample_grid"):
-          images = sample.sample_images(grid_fn, state.ema_params, grid_labels(config), seed=done,
-                                        batch_size=int(config.sampling.batch_size), mesh=mesh)
-          if is_main:
-            path = os.path.join(workdir, "samples", f"grid_step{done:07d}.png")
-            rgb = outputs.save_class_grid(images, grid_labels(config), path)
-            writer.write_images(done, {"samples_ema": rgb[None]})
-      sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
-                    or (not logging_on and done % SIGTERM_SYNC_STEPS == 0))
-      if not last and sigterm.requested(at_sync_point=sync_point):
-        if pending and logging_on:  # The partial window: no step's metrics lost.
+  try:
+    with _SigtermFlag() as sigterm, profiler:
+      for step in range(start_step, num_steps):
+        profiler.before(step, state)
+        batch = next(train_iterator)
+        state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
+        pending.append(metrics)
+        done = step + 1
+        report(done, time.time())
+        last = done == num_steps
+        if _due(done, tc.log_every_steps, last):
           log_window(done)
-        else:
+          pending, pending_start = [], done
+        eval_ran = _due(done, tc.eval_every_steps, last)
+        eval_metrics = run_eval(done) if eval_ran else None
+        checkpoint_due = last or _due(done, tc.checkpoint_every_steps, False)
+        if checkpoint_due:
+          if not eval_ran and int(tc.eval_every_steps) > 0:
+            eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best kept).
           check_finite(pending, pending_start, manager)
-        checkpointing.save(manager, state, data_seed=config.seed, force=True,
-                           batch_size=int(tc.batch_size))
-        manager.wait_until_finished()
-        writer.flush()
-        logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
-        raise Preempted(143)
-    profiler.stop(state)
+          if not logging_on:  # Nothing else empties the window: checked, dropped.
+            pending, pending_start = [], done
+          with report.timed("checkpoint"):
+            checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics,
+                               batch_size=int(tc.batch_size), settings=settings)
+        if _due(done, tc.sample_every_steps, last):
+          with report.timed("sample_grid"):
+            images = sample.sample_images(grid_fn, state.ema_params, grid_labels(config),
+                                          seed=done, batch_size=int(config.sampling.batch_size),
+                                          mesh=mesh)
+            if is_main:
+              path = os.path.join(workdir, "samples", f"grid_step{done:07d}.png")
+              rgb = outputs.save_class_grid(images, grid_labels(config), path)
+              writer.write_images(done, {"samples_ema": rgb[None]})
+        sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
+                      or (not logging_on and done % SIGTERM_SYNC_STEPS == 0))
+        if not logging_on and done % SIGTERM_SYNC_STEPS == 0:  # The window stays bounded.
+          check_finite(pending, pending_start, manager)
+          pending, pending_start = [], done
+        if not last and sigterm.requested(at_sync_point=sync_point):
+          if pending and logging_on:  # The partial window: no step's metrics lost.
+            log_window(done)
+          else:
+            check_finite(pending, pending_start, manager)
+          checkpointing.save(manager, state, data_seed=config.seed, force=True,
+                             batch_size=int(tc.batch_size), settings=settings)
+          manager.wait_until_finished()
+          writer.flush()
+          logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
+          raise Preempted(143)
+      profiler.stop(state)
+  except BaseException as e:
+    if not isinstance(e, Preempted) and jax.process_count() == 1:
+      manager.wait_until_finished()  # A save in flight is kept (its thread is a daemon).
+    raise
   manager.wait_until_finished()
   manager.close()
   writer.flush()

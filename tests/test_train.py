@@ -170,6 +170,12 @@ def test_sigterm_keeps_every_steps_metrics_and_checkpoints_carry_eval_losses(tmp
   with pytest.raises(ValueError, match="seed 0, this config has seed 1"):
     train.train_and_evaluate(config, run_dir, train_iterator_fn=good,
                              eval_iterator_fn=data.eval_iterator_fn(config, mesh))
+  config.seed = 0  # So would another target: the same weights, trained on eps instead of v.
+  config.diffusion.prediction = "eps"
+  with pytest.raises(ValueError, match=r"diffusion.prediction: checkpoint 'v', config 'eps'.*"
+                                       r"--config.diffusion.prediction=v"):
+    train.train_and_evaluate(config, run_dir, train_iterator_fn=good,
+                             eval_iterator_fn=data.eval_iterator_fn(config, mesh))
 
 
 def test_a_torn_metrics_line_does_not_stop_a_resume(tmp_path):
