@@ -53,6 +53,18 @@ def test_domain_features_identical_on_1_and_8_devices(encoder_dir):
   np.testing.assert_allclose(one, np.asarray(direct), rtol=1e-5, atol=1e-6)
 
 
+def test_feature_networks_run_at_full_float32_precision(encoder_dir):
+  # Every convolution and matmul of the extraction program asks for HIGHEST (no TF32 on GPUs).
+  ext = domain.domain_extractor(encoder_dir)
+  mesh = sharding.create_mesh(devices=jax.devices()[:1])
+  text = features._jitted(ext.fn, mesh, 8).lower(ext.params, np.zeros((8, 16, 16, 1),
+                                                                      np.float32)).as_text()
+  ops = [line for line in text.splitlines() if "stablehlo.convolution" in line
+         or "stablehlo.dot_general" in line]
+  assert ops and all("HIGHEST" in line for line in ops)
+  assert ext.settings()["matmul_precision"] == "highest"
+
+
 def test_missing_domain_checkpoint_names_the_key(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.evaluation.domain_checkpoint"):
     domain.domain_extractor(str(tmp_path / "none"))

@@ -43,10 +43,15 @@ class Extractor:
   def settings(self) -> dict:
     """What a feature-space number depends on."""
     return dict(extractor=self.name, weights=os.path.basename(self.weights_path),
-                weights_sha256=self.weights_sha256, preprocessing=self.preprocessing)
+                weights_sha256=self.weights_sha256, preprocessing=self.preprocessing,
+                matmul_precision=PRECISION)
 
 
 MICRO_BATCH = 8  # Images per network call on one device (results do not depend on the mesh).
+# Feature networks run their convolutions and matmuls in full float32: on GPUs XLA's default
+# lets float32 products round to TF32 (10-bit mantissa), which moves features by ~1e-3 and FID
+# with them, differently on each GPU generation. Recorded with every feature-space number.
+PRECISION = "highest"
 
 
 def _jitted(fn, mesh, micro_batch: int):
@@ -59,7 +64,8 @@ def _jitted(fn, mesh, micro_batch: int):
 
   def per_device(params, x):
     chunks = x.reshape(x.shape[0] // micro_batch, micro_batch, *x.shape[1:])
-    out = jax.lax.map(lambda c: fn(params, c), chunks)
+    with jax.default_matmul_precision(PRECISION):
+      out = jax.lax.map(lambda c: fn(params, c), chunks)
     return out.reshape(x.shape[0], *out.shape[2:])
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec), out_specs=spec))
 
