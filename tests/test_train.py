@@ -48,10 +48,12 @@ def test_train_steps_loss_falls_params_replicated_ema_follows_recursion():
   for leaf in jax.tree.leaves(state.params) + jax.tree.leaves(state.ema_params):
     assert leaf.sharding.is_fully_replicated and leaf.sharding.mesh.devices.size == 8
 
-  # Independent EMA: ema_0 = params_0; ema_s+1 = d_s ema_s + (1 - d_s) params_s+1.
+  # Independent EMA: ema_0 = params_0; ema_s+1 = d_s ema_s + (1 - d_s) params_s+1, with d_s
+  # 0.1 at s = 0, rising continuously to 0.9 at s = 3: (1 + ks) / (10 + ks), k = 8 / 0.3.
   ema = params_history[0]
+  ramp = [0.1, (1 + 8 / 0.3) / (10 + 8 / 0.3), (1 + 16 / 0.3) / (10 + 16 / 0.3)]
   for s in range(num_steps):
-    d = min(0.9, (1 + s) / (10 + s)) if s < 3 else 0.9
+    d = ramp[s] if s < 3 else 0.9
     ema = jax.tree.map(lambda e, p, d=d: d * np.float64(e) + (1 - d) * np.float64(p), ema,
                        params_history[s + 1])
   got = jax.device_get(state.ema_params)
@@ -78,6 +80,18 @@ def test_fsdp_shards_large_leaves_and_their_adam_moments():
     assert shape[axis] % 2 == 0 and np.prod(shape) >= 2**14
   adam = [s for s in jax.tree.leaves(shardings.opt_state) if "fsdp" in tuple(s.spec)]
   assert len(adam) == 2 * len(sharded)  # mu and nu follow their parameters.
+
+
+def test_ema_warmup_is_the_usual_ramp_or_reaches_the_decay_without_a_jump():
+  import ml_collections
+  steps = np.arange(0, 3000)
+  classic = train_state.ema_decay(steps, ml_collections.ConfigDict(
+      dict(ema_decay=0.995, ema_warmup_steps=1790)))
+  np.testing.assert_allclose(classic, np.minimum(0.995, (1 + steps) / (10 + steps)), rtol=1e-5)
+  short = np.asarray(train_state.ema_decay(steps, ml_collections.ConfigDict(
+      dict(ema_decay=0.995, ema_warmup_steps=100))))
+  assert short[0] == pytest.approx(0.1) and np.all(np.diff(short) >= 0)
+  assert short[99] > 0.995 - 1e-4 and np.all(short[100:] == np.float32(0.995))
 
 
 def test_learning_rate_warmup_then_cosine():
