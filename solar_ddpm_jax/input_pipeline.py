@@ -166,13 +166,21 @@ def build_dataset(config, workdir: str | None = None):
   import jax
   data_dir, manual_dir = dataset_dirs(config)
   builder = _builder(config)
-  if not manual_dir:  # Nothing to build from: each process reads its data_dir or stops here,
-    if not builder.is_prepared():  # before any barrier (no process is left waiting in one).
-      raise ValueError(
-          f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
-          "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
-          "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or point "
-          "data.data_dir at the built dataset, or use data.source='synthetic'.")
+  if not manual_dir:  # Nothing to build from: each process reads its data_dir or stops.
+    def find():
+      if not builder.is_prepared():
+        raise ValueError(
+            f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
+            "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
+            "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or "
+            "point data.data_dir at the built dataset, or use data.source='synthetic'.")
+    if jax.process_count() == 1:
+      find()
+    else:  # A host without the dataset stops every host (the others would wait for it).
+      _on_every_process("finding the dataset", True, find, None)
+      _on_every_process("checking the dataset's data settings", True,
+                        lambda: _check_settings(builder, config), None)
+      return builder
   elif jax.process_count() == 1:
     if not builder.is_prepared():
       builder = _build_here(config, builder, manual_dir, data_dir)

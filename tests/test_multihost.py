@@ -97,6 +97,22 @@ def test_every_host_stops_when_one_holds_a_dataset_of_other_settings(tmp_path):
   assert "checking the dataset's data settings failed on process 1" in errors[0], errors[0]
 
 
+def test_every_host_stops_when_one_lacks_the_dataset_and_none_can_build(tmp_path):
+  """Process 0 has the dataset but must not train on alone while process 1 has stopped."""
+  from solar_ddpm_jax import input_pipeline
+  built = aia171.get_config("test")
+  raw = str(tmp_path / "data" / "raw")
+  input_pipeline._write_synthetic_archive(built, raw)
+  built.data.source, built.data.manual_dir = "manual", raw
+  built.data.frame_px = built.data.synthetic.image_size
+  built.data.data_dir = str(tmp_path / "data" / "host0")
+  input_pipeline.build_dataset(built)
+  errors = _run_two("tests._helpers.multihost_data", tmp_path / "data", str(tmp_path / "out_"),
+                    "one_host_has_it", returncode=3, timeout=240)
+  assert "--config.data.manual_dir" in errors[1], errors[1]
+  assert "finding the dataset failed on process 1" in errors[0], errors[0]
+
+
 def test_two_processes_train_together_and_agree(tmp_path):
   workdir, prefix = tmp_path / "run", str(tmp_path / "params_")
   _run_two("tests._helpers.multihost_train", workdir, prefix)

@@ -11,7 +11,10 @@ with the error (exit 3), none may wait for the others in a build barrier. LAYOUT
 a manual source whose data.manual_dir holds no files, so that process 0's build fails; process 0
 stops with the build's error and process 1 with one naming process 0 (both exit 3). LAYOUT
 "other_settings": own data_dirs, host1's holding a dataset of other data settings (built by the
-test); process 1 stops with the settings error and process 0 with one naming process 1.
+test); process 1 stops with the settings error and process 0 with one naming process 1. LAYOUT
+"one_host_has_it": own data_dirs and no data.manual_dir, host0's holding the dataset (built by the
+test) and host1's none; process 1 stops with the missing-dataset error and process 0 with one
+naming process 1 (both exit 3; process 0 must not go on alone).
 """
 
 import glob
@@ -71,11 +74,14 @@ def main(process_id, port, base_dir, out_prefix, layout="own"):
   config.mesh.coordinator_address = f"127.0.0.1:{port}"
   config.mesh.num_processes = 2
   config.mesh.process_id = int(process_id)
-  folder = f"host{process_id}" if layout in ("own", "other_settings") else "shared"
+  own = ("own", "other_settings", "one_host_has_it")
+  folder = f"host{process_id}" if layout in own else "shared"
   config.data.data_dir = os.path.join(base_dir, folder)
   assert sharding.maybe_initialize_distributed(config.mesh)
-  if layout == "other_settings":  # The test built host1's dataset with another dn_ceiling.
+  if layout in ("other_settings", "one_host_has_it"):  # Datasets the test built.
     config.data.source, config.data.manual_dir = "manual", os.path.join(base_dir, "raw")
+    if layout == "one_host_has_it":
+      config.data.manual_dir = ""
     config.data.frame_px = config.data.synthetic.image_size
     try:
       input_pipeline.load_split_arrays(config, "train")
