@@ -92,7 +92,8 @@ def test_aggregate_over_seeds():
           metrics.classification_report([0, 1, 1, 0], [0, 1, 1, 0], names)]
   agg = metrics.aggregate_over_seeds(reps)
   assert agg["accuracy"]["mean"] == pytest.approx(0.875)
-  assert agg["accuracy"]["std"] == pytest.approx(0.125)
+  assert agg["accuracy"]["std"] == pytest.approx(np.std([0.75, 1.0], ddof=1))  # Sample std.
+  assert metrics.aggregate_over_seeds(reps[:1])["accuracy"] == {"mean": 0.75, "std": 0.0, "n": 1}
   assert agg["recall_>=M"]["mean"] == pytest.approx(0.75)
   # The binary forecast gets the >=M skill scores: TSS 1/2 - 0 and 1 - 0.
   assert agg["TSS>=M"]["mean"] == pytest.approx(0.75)

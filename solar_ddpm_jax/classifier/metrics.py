@@ -116,8 +116,9 @@ def scalar_scores(report: dict) -> dict[str, float]:
 
 
 def aggregate_over_seeds(reports: list[dict]) -> dict[str, dict[str, float]]:
-  """Mean and population std (ddof=0) of every scalar score over runs (seeds)."""
+  """Mean and sample std (ddof=1; 0 for one run) of every scalar score over runs (seeds)."""
   flats = [scalar_scores(r) for r in reports]
   keys = list(flats[0])
+  std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
   return {k: {"mean": float(np.mean([f[k] for f in flats])),
-              "std": float(np.std([f[k] for f in flats])), "n": len(flats)} for k in keys}
+              "std": std([f[k] for f in flats]), "n": len(flats)} for k in keys}
