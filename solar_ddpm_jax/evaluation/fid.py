@@ -18,28 +18,37 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
   return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def trace_sqrt_product(sigma1, sigma2) -> float:
+def psd_sqrt(sigma) -> np.ndarray:
+  """S^(1/2) of a symmetric positive semi-definite matrix (negative rounding clipped to 0)."""
+  s = np.atleast_2d(np.float64(sigma))
+  w, u = np.linalg.eigh((s + s.T) / 2)
+  return (u * np.sqrt(np.clip(w, 0.0, None))) @ u.T
+
+
+def trace_sqrt_product(sigma1, sigma2, *, sqrt_sigma1=None) -> float:
   """Tr sqrt(S1 S2) of two covariance matrices (symmetric, positive semi-definite).
 
   S1 S2 is similar to R S2 R with R = S1^(1/2), which is symmetric and positive semi-definite:
   the trace is the sum of the square roots of its eigenvalues: two symmetric eigen-solves, where
   scipy.linalg.sqrtm of the product (pytorch-fid's way) takes a Schur decomposition of a general
   matrix, 6-8x slower at 2048 dimensions (bench/bench_fid.py), and needs an offset when S1 or S2
-  is singular. Eigenvalues that rounding puts below zero count as zero.
+  is singular. Eigenvalues that rounding puts below zero count as zero. `sqrt_sigma1`: R, when
+  the caller has it (one reference set against many).
   """
-  s1, s2 = np.atleast_2d(np.float64(sigma1)), np.atleast_2d(np.float64(sigma2))
-  w, u = np.linalg.eigh((s1 + s1.T) / 2)
-  root = (u * np.sqrt(np.clip(w, 0.0, None))) @ u.T
+  s2 = np.atleast_2d(np.float64(sigma2))
+  root = psd_sqrt(sigma1) if sqrt_sigma1 is None else sqrt_sigma1
   m = root @ s2 @ root
   return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), in float64."""
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, sqrt_sigma1=None) -> float:
+  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), in float64 (sqrt_sigma1: psd_sqrt(S1), if
+  known)."""
   mu1, mu2 = np.atleast_1d(np.float64(mu1)), np.atleast_1d(np.float64(mu2))
   s1, s2 = np.atleast_2d(np.float64(sigma1)), np.atleast_2d(np.float64(sigma2))
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
+  return float(diff @ diff + np.trace(s1) + np.trace(s2)
+               - 2.0 * trace_sqrt_product(s1, s2, sqrt_sigma1=sqrt_sigma1))
 
 
 def fid(real_features, fake_features) -> float:
@@ -88,22 +97,16 @@ def fid_infinity(real_features, fake_features, *, num_points: int = 15,
   n, d = fake.shape
   if len(real) < 2 or n < 2 * (d + 1) or int(num_points) < 3:
     raise ValueError(
-        f"FID-infinity needs at least 3 counts and 2 x (dim + 1) = {2 * (d + 1)} generated images "
-        f"(the fit uses subsets above the dimension); got {n} generated, {len(real)} real, "
-        f"num_points={num_points}.")
+        f"FID-infinity needs 2 x (dim + 1) = {2 * (d + 1)} generated images (the fit uses "
+        f"subsets above the dimension), 2 real ones and 3 counts; got {n} generated, "
+        f"{len(real)} real, num_points={num_points}.")
   lo = max(int(np.ceil(n * float(min_fraction))), d + 1)
   counts = np.unique(np.linspace(lo, n, int(num_points)).round().astype(np.int64))
   mu_r, sigma_r = feature_stats(real)
-  w, u = np.linalg.eigh((sigma_r + sigma_r.T) / 2)
-  root = (u * np.sqrt(np.clip(w, 0.0, None))) @ u.T  # S_real^(1/2), shared by every count.
+  root = psd_sqrt(sigma_r)  # Shared by every count.
   rng = np.random.default_rng(seed)
-  values = []
-  for count in counts:
-    mu_f, sigma_f = feature_stats(fake[rng.choice(n, int(count), replace=False)])
-    m = root @ sigma_f @ root
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
-    diff = mu_r - mu_f
-    values.append(float(diff @ diff + np.trace(sigma_r) + np.trace(sigma_f) - 2.0 * tr_sqrt))
+  subsets = (fake[rng.choice(n, int(c), replace=False)] for c in counts)
+  values = [frechet_distance(mu_r, sigma_r, *feature_stats(x), sqrt_sigma1=root) for x in subsets]
   design = np.stack([np.ones(len(counts)), 1.0 / counts], axis=1)
   (intercept, slope), *_ = np.linalg.lstsq(design, np.asarray(values), rcond=None)
   return dict(fid_inf=float(intercept), slope=float(slope), counts=counts.tolist(),
