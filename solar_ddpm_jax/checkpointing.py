@@ -124,14 +124,20 @@ def abstract_with_shardings(abstract_state, shardings):
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """(state, data record) of `step` (None = latest), laid out as `abstract_state` says."""
-  if step is None or step < 0:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+  step = _step_or_latest(manager, step)
   with _naming_a_mismatch(manager.directory, step):
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
   return restored["state"], dict(restored["data"] or {"step": step})
+
+
+def _step_or_latest(manager: ocp.CheckpointManager, step: int | None) -> int:
+  """`step`, or the latest one when None or negative; an error when there is no checkpoint."""
+  if step is None or step < 0:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+  return step
 
 
 @contextlib.contextmanager
@@ -169,9 +175,7 @@ def restore_params_and_step(config, workdir: str, step: int = -1, ema: bool = Tr
                                    jax.tree.map(lambda _: sharding.replicated(mesh), wanted))
   manager = create_manager(workdir, read_only=True)
   try:
-    chosen = manager.latest_step() if step < 0 else step
-    if chosen is None:
-      raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+    chosen = _step_or_latest(manager, step)
     with _naming_a_mismatch(manager.directory, chosen):
       restored = manager.restore(chosen, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

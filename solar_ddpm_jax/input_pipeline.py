@@ -178,9 +178,6 @@ def build_dataset(config, workdir: str | None = None):
       find()
     else:  # A host without the dataset stops every host (the others would wait for it).
       _on_every_process("finding the dataset", True, find, None)
-      _on_every_process("checking the dataset's data settings", True,
-                        lambda: _check_settings(builder, config), None)
-      return builder
   elif jax.process_count() == 1:
     if not builder.is_prepared():
       builder = _build_here(config, builder, manual_dir, data_dir)
@@ -208,11 +205,12 @@ def build_dataset(config, workdir: str | None = None):
 
     builder = _on_every_process("building a host's local copy of the dataset", local,
                                 build_local_copy, builder)
+  if jax.process_count() > 1:
     # A host whose data_dir holds a dataset of other settings stops all (its error says which).
     _on_every_process("checking the dataset's data settings", True,
                       lambda: _check_settings(builder, config), None)
-    return builder
-  _check_settings(builder, config)
+  else:
+    _check_settings(builder, config)
   return builder
 
 
