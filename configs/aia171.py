@@ -49,6 +49,12 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   # Each time takes its GOES flux from one satellite, the others fill its gaps.
   data.goes_satellites = ""  # Preference, e.g. "15,13" ("": the one with data in most minutes).
   data.max_nan_fraction = 0.0  # Images with more NaN/inf pixels are skipped (fewer are set to 0).
+  # Pixel checks of each frame in DN/s (DN / EXPTIME) at full resolution; failing frames are skipped
+  # (tfds_aia.preprocess.pixel_problem). "On-disc": a centred circle of 0.35 frame widths.
+  data.pixel_floor_dn_s = 0.0  # Skipped when every pixel is at or below this (an empty/dark frame).
+  data.saturation_dn = 15000.0  # Skipped when every pixel is at or above this (DN; ADC max 16383).
+  data.max_disc_median_dn_s = (1e6,)  # Skipped above this median on-disc DN/s (per channel or one).
+  data.min_finite_disc_fraction = 0.95  # Skipped with fewer finite on-disc pixels (NaNs allowed).
   data.allowed_quality = 0  # Bits of the AIA QUALITY keyword that are tolerated (0: none).
   data.channel_match_s = 60.0  # Channels of one multichannel frame lie this close in time (s).
   data.hek_window_minutes = 30.0  # With hek_events: >= hek_min_class frames this near a peak.
@@ -106,6 +112,10 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   diffusion.beta_end = 0.02  # Last beta of the linear schedule.
   diffusion.prediction = "eps"  # Network target: "eps", "x0" or "v".
   diffusion.loss = "mse"  # Loss on the prediction: "mse" or "l1".
+  # Min-SNR-gamma (Hang et al. 2023): eps-space weight min(SNR, gamma) / SNR, so that low-noise
+  # steps do not dominate the loss.
+  diffusion.loss_weighting = "none"  # Weights over timesteps: "none" (the paper) or "min_snr".
+  diffusion.min_snr_gamma = 5.0  # gamma of "min_snr".
   diffusion.label_dropout = 0.1  # Probability that a label is replaced by the null class (CFG).
   diffusion.per_sample_dropout = True  # False: the paper's whole-batch dropout.
   diffusion.faithful_timesteps = False  # True: sample t in 1..T-1 like the original code.
@@ -136,6 +146,9 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   sampling.sampler = "ddpm"  # "ddpm" (ancestral), "ddim" or "dpm_solver++".
   sampling.num_steps = 1000  # Steps (ddpm uses all T; ddim/dpm_solver++ stride over them).
   sampling.guidance_scale = 3.0  # CFG w: eps = eps_uncond + w (eps_cond - eps_uncond).
+  # CFG w < 0 (here, in evaluation.guidance_scales, classifier.synthetic_guidance) steers away
+  # from the class; refused as a likely typo unless this is True.
+  sampling.allow_negative_guidance = False  # True: negative guidance scales are allowed.
   sampling.ddpm_variance = "beta"  # "beta" (sigma^2 = beta_t, the paper) or "posterior".
   sampling.eta = 0.0  # DDIM stochasticity (0 = deterministic).
   sampling.clip_x0 = False  # Clip predicted x0 to [-1, 1] at each step.
@@ -170,6 +183,10 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   evaluation.classifier_checkpoint = ""  # Real-only classifier; "" = <workdir>/classifier.
 
   # ----------------------------------------------------------------------------- classifier
+  convert = config.convert = ml_collections.ConfigDict()  # --mode=convert (docs/conversion.md).
+  convert.torch_checkpoint = ""  # torch.save file of the published UNet_conditional's state_dict.
+  convert.step = 0  # Checkpoint step the converted weights are written at.
+
   classifier = config.classifier = ml_collections.ConfigDict()
   classifier.label = "flare_class"  # "flare_class", "forecast_class" (A..X) or "forecast_binary".
   classifier.widths = (32, 64, 128, 256)  # ResNet stage widths.

@@ -1,9 +1,11 @@
 """The embedded default end to end: build the synthetic archive, train, sample, evaluate.
 
-    python -m solar_ddpm_jax.main --config=configs/aia171.py:demo --workdir=workdir/demo
+    python -m solar_ddpm_jax.main --config=configs/aia171.py:demo
 
-writes <workdir>/checkpoints, TensorBoard events, samples/ (grids, .npz, FITS), classifier/ (the
-real-only flare classifier: the evaluation's judge and domain features), evaluation/ and report.md.
+writes into workdir/demo under the current directory (or the folder given by --workdir):
+checkpoints, TensorBoard events, samples/ (grids, .npz, FITS), classifier/ (the real-only flare
+classifier: the evaluation's judge and domain features), evaluation/ and report.md. The preset
+reads no real files: data.manual_dir is refused unless --config.data.source=manual is given too.
 """
 
 from __future__ import annotations

@@ -23,21 +23,11 @@ import zlib
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import labels_outside, sharding
+from solar_ddpm_jax import errors, labels_outside, sharding, tf_setup
 
 ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "forecast_coverage", "subclass",
                 "goes_flux_w_m2", "time_unix_s")
 FORECAST_LABELS = ("forecast_class", "forecast_binary")  # Labels of the forecast window's peak.
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-  """TensorFlow (tf.data, TFDS) must never take the GPU or TPU from JAX."""
-  try:
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (ImportError, RuntimeError, ValueError):
-    pass
 
 
 def _base_data_dir(config) -> str:
@@ -104,9 +94,10 @@ def _check_settings(builder, config) -> None:
     built = json.load(f).get("fingerprint")
   wanted = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
   if built != wanted:
-    raise ValueError(f"The dataset in {builder.data_dir} was built with other data settings "
-                     f"(fingerprint {built}, config {wanted}); set data.data_dir to another "
-                     "folder or delete that one to rebuild.")
+    raise errors.SettingsError(
+        f"The dataset in {builder.data_dir} was built with other data settings (fingerprint "
+        f"{built}, config {wanted}); set data.data_dir to another folder or delete that one to "
+        "rebuild.")
 
 
 def _build_here(config, builder, manual_dir: str, data_dir: str):
@@ -114,6 +105,11 @@ def _build_here(config, builder, manual_dir: str, data_dir: str):
   from tfds_aia import builder as aia_builder
   if config.data.source == "synthetic":
     _write_synthetic_archive(config, manual_dir)
+  elif not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+    raise errors.SettingsError(
+        f"data.manual_dir={manual_dir} does not exist or is empty, and there is no dataset in "
+        f"data.data_dir={data_dir}: give a folder of AIA FITS and GOES XRS files "
+        "(python -m tfds_aia.fetch writes one).")
   try:
     aia_builder.build(builder, manual_dir)
   except OSError:
@@ -162,14 +158,14 @@ def build_dataset(config, workdir: str | None = None):
   host's local disk): it builds its own copy from the same inputs, which gives the same records.
   """
   del workdir
-  _hide_accelerators_from_tensorflow()
+  tf_setup.hide_accelerators_from_tensorflow()
   import jax
   data_dir, manual_dir = dataset_dirs(config)
   builder = _builder(config)
   if not manual_dir:  # Nothing to build from: each process reads its data_dir or stops.
     def find():
       if not builder.is_prepared():
-        raise ValueError(
+        raise errors.SettingsError(
             f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
             "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
             "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or "
@@ -238,7 +234,7 @@ def load_split_arrays(config, split: str, label: str | None = None) -> dict:
   process (one copy of the split in memory, however often it is asked for); copy one before
   changing it.
   """
-  _hide_accelerators_from_tensorflow()
+  tf_setup.hide_accelerators_from_tensorflow()
   import tensorflow_datasets as tfds
   builder = _prepared_builder(config)
   key = (os.fspath(builder.data_dir), split)
@@ -420,7 +416,7 @@ def _prefetch(generator, size: int):
     stop.set()
 
 
-class LabelRangeError(Exception):
+class LabelRangeError(errors.UserError):
   """A split holds labels outside 0..model.num_classes-1 (not a ValueError: training stops)."""
 
 

@@ -164,11 +164,6 @@ def fsdp_sharding(mesh: Mesh, shape, min_size: int = 2**14) -> NamedSharding:
   return replicated(mesh)
 
 
-def param_shardings(mesh: Mesh, abstract_tree):
-  """Shardings for a parameter pytree (from `jax.eval_shape`): fsdp where configured."""
-  return jax.tree.map(lambda x: fsdp_sharding(mesh, x.shape), abstract_tree)
-
-
 def shard_batch(mesh: Mesh, local_batch):
   """Global jax.Arrays from this process's slice of the batch (a pytree of numpy arrays)."""
   def put(x):

@@ -64,7 +64,15 @@ def test_main_help_and_missing_flags():
   assert "Traceback" not in help_out.stderr and "export_features" in help_out.stdout
   for flag in ("--config", "--workdir", "--mode"):
     assert flag in help_out.stdout
-  missing = subprocess.run([sys.executable, "-m", "solar_ddpm_jax.main",
-                            "--config=configs/aia171.py:test"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
-  assert missing.returncode != 0 and "workdir" in missing.stderr
+  assert "workdir/<preset>" in help_out.stdout  # --workdir is optional, with this default.
+  missing = subprocess.run([sys.executable, "-m", "solar_ddpm_jax.main", "--mode=sample"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert missing.returncode != 0 and "--config" in missing.stderr
+  assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("preset", aia171.PRESETS)
+def test_presets_pass_the_up_front_settings_checks(preset, tmp_path):
+  from solar_ddpm_jax import settings
+  assert settings.problems(aia171.get_config(preset), str(tmp_path), "train") == []
+  assert aia171.get_config(preset).sampling.allow_negative_guidance is False
