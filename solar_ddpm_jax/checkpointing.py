@@ -4,23 +4,77 @@ A checkpoint holds the whole TrainState and a small JSON record of the data posi
 pipeline is a pure function of (seed, step), so the step is the data position: a restored run
 restarts its iterator at `start_step=step` and sees the same batches as an uninterrupted run.
 Restores take target shardings, so a run saved on 8 devices resumes on 4 (or on a pod).
+
+Only finite states are saved: `save` refuses a state with a NaN or Inf anywhere in its
+parameters, EMA parameters or optimizer state, so the latest checkpoint is always one to resume
+or sample from. A non-finite eval loss is not recorded, so such a checkpoint is never the best.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from solar_ddpm_jax.errors import NonFiniteError
 
 BEST_METRIC = "eval_loss"  # Metric that picks the best checkpoint (lower is better).
 
 
 def _best_metric(metrics) -> float:
-  return float(metrics[BEST_METRIC])
+  """The ranking value of a checkpoint's metrics; missing, NaN or Inf ranks worst (+inf)."""
+  try:
+    value = float(metrics[BEST_METRIC])
+  except (KeyError, TypeError, ValueError):
+    return math.inf
+  return value if math.isfinite(value) else math.inf
+
+
+@jax.jit
+def _leaves_all_finite(leaves):
+  """One fused reduction over float arrays (any sharding) -> a scalar bool on the devices."""
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point leaf of `tree` is finite (no NaN, no Inf).
+
+  One jitted reduction on the devices where the arrays live (sharded arrays stay sharded) and one
+  bool to the host: the cost of a save's check is a single small transfer. Collective in
+  multi-process jobs (every process calls it with the same global arrays).
+  """
+  leaves = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return bool(jax.device_get(_leaves_all_finite(leaves)))
+
+
+def _nonfinite_parts(state) -> str:
+  """Which parts of a TrainState hold NaN or Inf, in words (for the error of a refused save)."""
+  names = (("params", "parameters"), ("ema_params", "EMA parameters"),
+           ("opt_state", "optimizer state"))
+  bad = [words for name, words in names if hasattr(state, name)
+         and not all_finite(getattr(state, name))]
+  return ", ".join(bad) if bad else "state"
+
+
+def last_good_checkpoint(manager: ocp.CheckpointManager) -> str:
+  """A sentence naming the newest saved checkpoint (every saved state is finite), or saying there
+  is none yet. Waits for a save in flight first, so the step named is on disk."""
+  manager.wait_until_finished()
+  step = manager.latest_step()
+  if step is None:
+    return (f"There is no checkpoint in {manager.directory} yet: a rerun starts again from "
+            "step 0")
+  return f"The last good checkpoint is step {step} in {manager.directory}"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -67,10 +121,22 @@ def run_settings(config) -> dict:
 def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
          data_seed: int = 0, batch_size: int | None = None, settings: dict | None = None,
          force: bool = False) -> bool:
-  """Starts an async save of `state` at its step (collective: every process calls it)."""
+  """Starts an async save of `state` at its step (collective: every process calls it).
+
+  Raises NonFiniteError, saving nothing, when any float leaf of `state` (parameters, EMA
+  parameters, optimizer state) is NaN or Inf: such a state would become the latest checkpoint,
+  the one a resume or `--mode=sample` reads. A non-finite metric is left out of the checkpoint's
+  metrics (a warning says so), so it is never ranked best.
+  """
   step = int(jax.device_get(state.step))
   if step in manager.all_steps():
     return False
+  if not all_finite(state):
+    raise NonFiniteError(
+        f"The training state of step {step} is not finite (NaN or Inf in its "
+        f"{_nonfinite_parts(state)}): not saved. "
+        f"{last_good_checkpoint(manager)}. Lower training.learning_rate, keep "
+        "training.grad_clip_norm > 0, or use model.dtype='float32', then rerun to resume.")
   data = {"step": step, "data_seed": int(data_seed)}
   if batch_size is not None:
     data["batch_size"] = int(batch_size)
@@ -78,6 +144,12 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
     data["settings"] = dict(settings)
   if metrics is not None:
     metrics = {k: float(v) for k, v in metrics.items()}
+    nonfinite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if nonfinite:
+      logging.warning("Non-finite %s at step %d: not recorded, so this checkpoint is never the "
+                      "best one (it is kept while it is among the latest).",
+                      ", ".join(f"{k}={metrics[k]}" for k in nonfinite), step)
+      metrics = {k: v for k, v in metrics.items() if k not in nonfinite} or None
   saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                      data=ocp.args.JsonSave(data)),
                        metrics=metrics, force=force)
@@ -125,6 +197,7 @@ def abstract_with_shardings(abstract_state, shardings):
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """(state, data record) of `step` (None = latest), laid out as `abstract_state` says."""
   step = _step_or_latest(manager, step)
+  _check_fits(manager.directory, step, abstract_state)
   with _naming_a_mismatch(manager.directory, step):
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -140,21 +213,64 @@ def _step_or_latest(manager: ocp.CheckpointManager, step: int | None) -> int:
   return step
 
 
+def _mismatch_error(directory, step: int, detail: str) -> ValueError:
+  """The error of a checkpoint that does not fit the config: names it and what to pass."""
+  config_json = os.path.join(os.path.dirname(os.path.normpath(str(directory))), "config.json")
+  hint = (f"the run's own config is {config_json}" if os.path.exists(config_json)
+          else "use the config it was trained with")
+  return ValueError(
+      f"The checkpoint of step {step} in {directory} does not fit this config: its model (or, "
+      "for a resume, its optimizer: training.grad_clip_norm, the schedule) differs from the "
+      f"one that wrote it ({detail}). Pass the same --config overrides as the training run "
+      f"({hint}), or train in a new --workdir.")
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes_by_path(tree) -> dict:
+  return {tuple(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def _check_fits(directory, step: int, target) -> None:
+  """Compares `target`'s array shapes with the checkpoint's metadata before any array is read.
+
+  A restore that fails part way leaves orbax's reads finishing into a closed event loop, and
+  their "Event loop is closed" tracebacks would bury the message; a misfit found in the
+  metadata is reported without starting one. Without readable metadata the restore checks.
+  """
+  try:
+    metadata = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(str(directory)) / str(step) / "state")
+    tree = getattr(metadata, "item_metadata", metadata)
+    saved = _shapes_by_path(getattr(tree, "tree", tree))
+  except Exception:  # noqa: BLE001 (another layout: the restore itself reports a misfit)
+    return
+  if not saved:
+    return
+  wanted = _shapes_by_path(target)
+  missing = [".".join(k) for k in wanted if k not in saved]
+  differ = [f"{'.'.join(k)}: checkpoint {saved[k]}, config {v}" for k, v in wanted.items()
+            if k in saved and saved[k] != v]
+  if missing or differ:
+    parts = ([f"{len(differ)} arrays of other shapes, e.g. {differ[0]}"] if differ else []) + (
+        [f"{len(missing)} arrays it lacks, e.g. {missing[0]}"] if missing else [])
+    raise _mismatch_error(directory, step, "; ".join(parts))
+
+
 @contextlib.contextmanager
 def _naming_a_mismatch(directory, step: int):
   """Orbax's tree-structure and shape errors, re-raised naming the checkpoint and what to do."""
   try:
     yield
   except (ValueError, KeyError, TypeError) as e:
-    config_json = os.path.join(os.path.dirname(os.path.normpath(str(directory))), "config.json")
-    hint = (f"the run's own config is {config_json}" if os.path.exists(config_json)
-            else "use the config it was trained with")
     detail = str(e).split(" To enable it")[0][:400]  # Not orbax's advice to pad or truncate.
-    raise ValueError(
-        f"The checkpoint of step {step} in {directory} does not fit this config: its model (or, "
-        "for a resume, its optimizer: training.grad_clip_norm, the schedule) differs from the "
-        f"one that wrote it ({type(e).__name__}: {detail}). Pass the same --config "
-        f"overrides as the training run ({hint}), or train in a new --workdir.") from e
+    raise _mismatch_error(directory, step, f"{type(e).__name__}: {detail}") from e
 
 
 def restore_params(config, workdir: str, step: int = -1, ema: bool = True):
@@ -176,6 +292,7 @@ def restore_params_and_step(config, workdir: str, step: int = -1, ema: bool = Tr
   manager = create_manager(workdir, read_only=True)
   try:
     chosen = _step_or_latest(manager, step)
+    _check_fits(manager.directory, chosen, target)
     with _naming_a_mismatch(manager.directory, chosen):
       restored = manager.restore(chosen, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

@@ -5,6 +5,17 @@ r"""Sampling from a checkpoint: any number of images per flare class, sharded ov
 
 writes <workdir>/samples/<settings>/: samples.npz (float images in the model range and in DN/s,
 labels, settings), grid.png (one row per class, AIA colormap) and fits/ (one image each, DN/s).
+
+The files are written as the images are made: each batch's FITS files and a batches/<first
+index>.npz (the batch's images, labels and settings) as soon as the batch is done, then
+samples.npz and grid.png at the end, when batches/ is removed. A run stopped late keeps every
+finished batch. Nothing non-finite is written: a checkpoint whose parameters hold NaN or Inf is
+refused, and so is every batch of images that does (NonFiniteError).
+
+Reproducibility: the same checkpoint, labels, seed, batch size and settings give bitwise the same
+images when rerun on the same number of devices on the same machine. On another device count the
+images agree to float32 rounding (about 1e-6 on CPU, 1 vs 8 devices), not bitwise: XLA compiles
+each layout to its own program, whose reductions may be ordered differently.
 """
 
 from __future__ import annotations
@@ -12,24 +23,45 @@ from __future__ import annotations
 import collections
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
 from absl import logging
 
 from solar_ddpm_jax import FLARE_CLASSES, checkpointing, outputs, sharding
+from solar_ddpm_jax.errors import NonFiniteError, SettingsError
+
+BATCHES_DIR = "batches"  # Per-batch .npz files of a sample set being written (removed at the end).
+
+
+def check_batch_size(batch_size) -> int:
+  """sampling.batch_size as an int >= 1; anything else is a SettingsError naming the setting."""
+  try:
+    value = int(batch_size)
+  except (TypeError, ValueError):
+    value = None
+  if value is None or value != batch_size or value < 1:
+    raise SettingsError(
+        f"sampling.batch_size={batch_size!r}: the number of images per sampling batch must be a "
+        "whole number >= 1 (with the seed it sets the noise of every image; a multiple of the "
+        "device count wastes nothing), e.g. --config.sampling.batch_size=8.")
+  return value
 
 
 def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh,
-                  num_classes: int | None = None) -> np.ndarray:
+                  num_classes: int | None = None, on_batch=None) -> np.ndarray:
   """Runs `sample_fn(params, labels, key)` over `labels` in fixed-size sharded batches.
 
   The labels are cut into batches of `batch_size` (fewer when there are fewer labels) and batch i
   uses key fold_in(key(seed), i); each batch is padded to a multiple of the device count (one
   compilation), and the padding rows come after the real ones, whose noise does not depend on
-  them. So the same (labels, seed, batch_size) give the same images on any number of devices.
-  Labels are checked against `num_classes` when given. Returns host numpy images [N,H,W,C] on
-  every process.
+  them. So the same (labels, seed, batch_size) draw the same noise on any number of devices; the
+  images are bitwise the same on the same device count and agree to float32 rounding across
+  device counts. Labels are checked against `num_classes` when given; a batch_size below 1 is a
+  SettingsError. `on_batch(start, images)`, when given, gets each batch's host images (those of
+  labels[start:start + len(images)]) as soon as the batch is done, to check or write them.
+  Returns host numpy images [N,H,W,C] on every process.
   """
   if num_classes is not None:
     from solar_ddpm_jax import samplers
@@ -38,7 +70,7 @@ def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh
   if labels.size == 0:
     raise ValueError("No labels to sample: give at least one class and one image per class.")
   n_dev = mesh.devices.size
-  batch_size = max(1, min(int(batch_size), len(labels)))
+  batch_size = min(check_batch_size(batch_size), len(labels))
   padded_size = -(-batch_size // n_dev) * n_dev
   if padded_size != batch_size:
     logging.info("Sampling batches of %d padded to %d for %d devices (a multiple of the device "
@@ -50,8 +82,10 @@ def sample_images(sample_fn, params, labels, *, seed: int, batch_size: int, mesh
     key_data = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
     key = jax.random.wrap_key_data(sharding.host_to_global(mesh, key_data, replicate=True))
     images = sample_fn(params, sharding.host_to_global(mesh, padded), key)
-    out.append(sharding.global_to_host(images)[:len(chunk)])
-  return np.concatenate(out, axis=0).astype(np.float32)
+    out.append(np.asarray(sharding.global_to_host(images)[:len(chunk)], np.float32))
+    if on_batch is not None:
+      on_batch(start, out[-1])
+  return np.concatenate(out, axis=0)
 
 
 def parse_classes(classes: str) -> list[int]:
@@ -79,18 +113,36 @@ def sampling_config(config, *, guidance_scale=None, sampler=None, num_steps=None
 _PARAMS_CACHE: dict = {}  # (workdir, step, ema) -> (params, step): one restore per checkpoint.
 
 
-def _params(config, workdir: str):
+def _checkpoint_step(config, workdir: str) -> int:
+  """sampling.checkpoint_step, or the latest checkpoint's step when it is negative."""
   step = int(config.sampling.checkpoint_step)
   if step < 0:
     step = checkpointing.latest_step(workdir)
     if step is None:
       raise FileNotFoundError(f"No checkpoint under {checkpointing.checkpoint_dir(workdir)}: "
                               "train first (--mode=train).")
-  key = (os.path.abspath(workdir), step, bool(config.sampling.use_ema))
+  return step
+
+
+def _params(config, workdir: str):
+  """(parameters, step) of the checkpoint to sample from; NonFiniteError when they are not finite.
+
+  Checked once per restore (one fused reduction on the devices): NaN or Inf weights can only make
+  NaN images, which would otherwise be written as files without a word.
+  """
+  step = _checkpoint_step(config, workdir)
+  ema = bool(config.sampling.use_ema)
+  key = (os.path.abspath(workdir), step, ema)
   if key not in _PARAMS_CACHE:
     _PARAMS_CACHE.clear()
-    _PARAMS_CACHE[key] = checkpointing.restore_params_and_step(
-        config, workdir, step, ema=bool(config.sampling.use_ema))
+    params, step = checkpointing.restore_params_and_step(config, workdir, step, ema=ema)
+    if not checkpointing.all_finite(params):
+      raise NonFiniteError(
+          f"The {'EMA ' if ema else ''}parameters of the checkpoint of step {step} in "
+          f"{checkpointing.checkpoint_dir(workdir)} are not finite (NaN or Inf): every image "
+          "sampled from them would be NaN. Sample from an earlier checkpoint "
+          "(--config.sampling.checkpoint_step=<step>; the steps are the folder names there).")
+    _PARAMS_CACHE[key] = (params, step)
   return _PARAMS_CACHE[key]
 
 
@@ -131,15 +183,32 @@ def _sample_fn(cfg):
   return _SAMPLE_FN_CACHE[key]
 
 
-def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, seed):
+def _generate(config, workdir, labels, *, guidance_scale, sampler, num_steps, seed,
+              on_batch=None):
+  """(images, config, checkpoint step); each batch is checked to be finite before `on_batch`."""
   cfg = sampling_config(config, guidance_scale=guidance_scale, sampler=sampler,
                         num_steps=num_steps)
+  check_batch_size(cfg.sampling.batch_size)
   params, step = _params(cfg, workdir)
   mesh, sample_fn = _sample_fn(cfg)
   w = float(cfg.sampling.guidance_scale)
+
+  def checked(start, images):
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+      raise NonFiniteError(
+          f"{int(np.sum(~finite))} of the {len(images)} images {start}..{start + len(images) - 1} "
+          f"sampled from the checkpoint of step {step} in {checkpointing.checkpoint_dir(workdir)} "
+          f"(sampler {cfg.sampling.sampler}, {int(cfg.sampling.num_steps)} steps, guidance "
+          f"scale {w:g}) are not finite (NaN or Inf): not written. Try a lower "
+          "sampling.guidance_scale, sampling.clip_x0=True, another sampler or an earlier "
+          "checkpoint.")
+    if on_batch is not None:
+      on_batch(start, images)
+
   images = sample_images(lambda p, y, k: sample_fn(p, y, k, guidance_scale=w), params, labels,
                          seed=seed, batch_size=int(cfg.sampling.batch_size), mesh=mesh,
-                         num_classes=int(cfg.model.num_classes))
+                         num_classes=int(cfg.model.num_classes), on_batch=checked)
   return images, cfg, step
 
 
@@ -164,52 +233,154 @@ def settings_tag(cfg, step: int) -> str:
   return tag
 
 
+def _check_writable(out_dir: str) -> None:
+  """Creates `out_dir` and writes a probe file there; a SettingsError naming it when it cannot.
+
+  Run before anything is restored or compiled: a long sampling run must not end in an unwritable
+  folder. In a multi-process job process 0 (the one that writes) decides for every process.
+  """
+  problem = None
+  if jax.process_index() == 0:
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write_probe"):
+        pass
+    except OSError as e:
+      problem = f"{type(e).__name__}: {e.strerror or e}"
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = bool(multihost_utils.broadcast_one_to_all(np.asarray(problem is not None)))
+    problem = problem or ("process 0 cannot write there" if failed else None)
+  if problem:
+    raise SettingsError(
+        f"Cannot write the samples to {out_dir} ({problem}). Give a --workdir that can be "
+        "written (the samples go to <workdir>/samples/<settings>/), or free that path.")
+
+
+class _SampleSetWriter:
+  """Writes one sample set batch by batch (process 0): FITS files and batches/*.npz as the images
+  are made, samples.npz and grid.png once all are, so a run stopped late keeps what it made."""
+
+  def __init__(self, out_dir: str, cfg, step: int, labels: np.ndarray):
+    from solar_ddpm_jax import samplers
+    self.out_dir, self.cfg, self.step, self.labels = out_dir, cfg, step, labels
+    s = cfg.sampling
+    self.grid_steps = len(samplers.config_grid(cfg))
+    self.settings = {
+        "sampler": s.sampler, "num_steps": int(s.num_steps), "grid_steps": self.grid_steps,
+        "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
+        "batch_size": int(s.batch_size), "eta": float(s.eta), "ddpm_variance": s.ddpm_variance,
+        "clip_x0": bool(s.clip_x0), "use_ema": bool(s.use_ema), "checkpoint_step": step,
+        "preset": cfg.preset, **outputs.sample_data_settings(cfg.data)}
+    self.fits_dir = os.path.join(out_dir, "fits")
+    self.batches_dir = os.path.join(out_dir, BATCHES_DIR)
+    self.written = 0
+    self._dn_per_s = []
+
+  def clear(self) -> None:
+    """Removes the files of an earlier set in the same folder: one folder never mixes two runs."""
+    for name in ("samples.npz", "grid.png"):
+      path = os.path.join(self.out_dir, name)
+      if os.path.exists(path):
+        os.remove(path)
+    if os.path.isdir(self.fits_dir):
+      for name in os.listdir(self.fits_dir):
+        if name.endswith(".fits"):
+          os.remove(os.path.join(self.fits_dir, name))
+    self._remove_batches()
+
+  def _remove_batches(self) -> None:
+    """Removes batches/ (flat: the .npz files of one set, perhaps a .tmp of a stopped write)."""
+    if os.path.isdir(self.batches_dir):
+      for name in os.listdir(self.batches_dir):
+        os.remove(os.path.join(self.batches_dir, name))
+      os.rmdir(self.batches_dir)
+
+  def _arrays(self, images, dn_per_s, labels) -> dict:
+    return {"images": images, "images_dn_per_s": dn_per_s, "labels": labels,
+            "flare_class": np.asarray([FLARE_CLASSES[i] for i in labels]),
+            "settings": json.dumps(self.settings)}
+
+  @staticmethod
+  def _save_npz(path: str, arrays: dict) -> None:
+    """np.savez to a temporary name, then renamed: a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+  def write_batch(self, start: int, images: np.ndarray) -> None:
+    """The FITS files and batches/<start>.npz of images [start, start + len(images))."""
+    labels = self.labels[start:start + len(images)]
+    dn_per_s = outputs.to_dn_per_s(images, self.cfg.data)
+    self._dn_per_s.append(dn_per_s)
+    s = self.cfg.sampling
+    if s.write_fits:
+      for j, (img, label) in enumerate(zip(dn_per_s, labels, strict=True)):
+        i = start + j
+        for c, wavelength in enumerate(self.cfg.data.channels):
+          header = outputs.fits_header(
+              resolution=img.shape[0], wavelength_a=int(wavelength),
+              flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
+              sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
+              checkpoint_step=self.step, index=i, preset=self.cfg.preset,
+              batch_size=int(s.batch_size), grid_steps=self.grid_steps)
+          outputs.write_fits(os.path.join(self.fits_dir, f"{FLARE_CLASSES[label]}_{i:05d}_"
+                                          f"{int(wavelength)}.fits"), img[..., c], header)
+    os.makedirs(self.batches_dir, exist_ok=True)
+    arrays = self._arrays(images, dn_per_s, labels)
+    del arrays["images_dn_per_s"]  # In the FITS files, and outputs.to_dn_per_s of the images.
+    self._save_npz(os.path.join(self.batches_dir, f"{start:06d}.npz"),
+                   {**arrays, "start": np.int64(start)})
+    self.written = start + len(images)
+
+  def finish(self, images: np.ndarray) -> None:
+    """samples.npz and grid.png of the whole set; then the per-batch files go."""
+    s = self.cfg.sampling
+    self._save_npz(os.path.join(self.out_dir, "samples.npz"),
+                   self._arrays(images, np.concatenate(self._dn_per_s, axis=0), self.labels))
+    outputs.save_class_grid(
+        images, self.labels, os.path.join(self.out_dir, "grid.png"),
+        wavelength_a=int(self.cfg.data.channels[0]),
+        title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}, "
+              f"step {self.step}")
+    self._remove_batches()
+
+
 def sample_and_save(config, workdir: str) -> str:
-  """--mode=sample: samples config.sampling.num_per_class images per class and writes them."""
+  """--mode=sample: samples config.sampling.num_per_class images per class and writes them.
+
+  Before anything is restored or compiled: the settings are checked and the output folder is
+  made and written to. Each batch is written as soon as it is made (see the module docstring).
+  """
   classes = parse_classes(config.sampling.classes)
   if not classes or int(config.sampling.num_per_class) < 1:
-    raise ValueError(f"sampling.classes={config.sampling.classes!r} and sampling.num_per_class="
-                     f"{config.sampling.num_per_class}: give at least one of A,B,C,M,X and one "
-                     "image per class.")
+    raise SettingsError(
+        f"sampling.classes={config.sampling.classes!r} and sampling.num_per_class="
+        f"{config.sampling.num_per_class}: give at least one of A,B,C,M,X and one image per "
+        "class.")
+  check_batch_size(config.sampling.batch_size)
   labels = np.repeat(np.asarray(classes, np.int32), int(config.sampling.num_per_class))
-  images, cfg, step = _generate(config, workdir, labels, guidance_scale=None, sampler=None,
-                                num_steps=None, seed=int(config.sampling.seed))
+  cfg = sampling_config(config)
+  step = _checkpoint_step(cfg, workdir)
+  cfg.sampling.checkpoint_step = step  # The one named in the folder, even if training goes on.
   out_dir = os.path.join(os.path.abspath(workdir), "samples", settings_tag(cfg, step))
-  if jax.process_index() != 0:
+  _check_writable(out_dir)
+  writer = None
+  if jax.process_index() == 0:
+    writer = _SampleSetWriter(out_dir, cfg, step, labels)
+    writer.clear()
+  try:
+    images, cfg, step = _generate(cfg, workdir, labels, guidance_scale=None, sampler=None,
+                                  num_steps=None, seed=int(cfg.sampling.seed),
+                                  on_batch=writer.write_batch if writer else None)
+  except BaseException:
+    if writer is not None and writer.written:
+      logging.warning("Sampling stopped after %d of %d images; those are kept in %s (fits/, %s/).",
+                      writer.written, len(labels), out_dir, BATCHES_DIR)
+    raise
+  if writer is None:
     return out_dir
-  os.makedirs(out_dir, exist_ok=True)
-  s = cfg.sampling
-  from solar_ddpm_jax import samplers
-  grid_steps = len(samplers.config_grid(cfg))
-  settings = {"sampler": s.sampler, "num_steps": int(s.num_steps), "grid_steps": grid_steps,
-              "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
-              "batch_size": int(s.batch_size),
-              "eta": float(s.eta), "ddpm_variance": s.ddpm_variance, "clip_x0": bool(s.clip_x0),
-              "use_ema": bool(s.use_ema), "checkpoint_step": step, "preset": cfg.preset,
-              **outputs.sample_data_settings(cfg.data)}
-  dn_per_s = outputs.to_dn_per_s(images, cfg.data)
-  np.savez(os.path.join(out_dir, "samples.npz"), images=images, images_dn_per_s=dn_per_s,
-           labels=labels, flare_class=np.asarray([FLARE_CLASSES[i] for i in labels]),
-           settings=json.dumps(settings))
-  outputs.save_class_grid(
-      images, labels, os.path.join(out_dir, "grid.png"),
-      wavelength_a=int(cfg.data.channels[0]),
-      title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}, step {step}")
-  fits_dir = os.path.join(out_dir, "fits")
-  if os.path.isdir(fits_dir):  # A rerun with the same settings replaces every file of the last.
-    for name in os.listdir(fits_dir):
-      if name.endswith(".fits"):
-        os.remove(os.path.join(fits_dir, name))
-  if s.write_fits:
-    for i, (img, label) in enumerate(zip(dn_per_s, labels, strict=True)):
-      for c, wavelength in enumerate(cfg.data.channels):
-        header = outputs.fits_header(
-            resolution=img.shape[0], wavelength_a=int(wavelength),
-            flare_class=FLARE_CLASSES[label], guidance_scale=float(s.guidance_scale),
-            sampler=s.sampler, num_steps=int(s.num_steps), seed=int(s.seed),
-            checkpoint_step=step, index=i, preset=cfg.preset, batch_size=int(s.batch_size),
-            grid_steps=grid_steps)
-        outputs.write_fits(os.path.join(fits_dir, f"{FLARE_CLASSES[label]}_{i:05d}_"
-                                        f"{int(wavelength)}.fits"), img[..., c], header)
+  writer.finish(images)
   logging.info("Wrote %d samples (%s) to %s.", len(labels), settings_tag(cfg, step), out_dir)
   return out_dir

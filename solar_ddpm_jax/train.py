@@ -23,6 +23,7 @@ import optax
 from absl import logging
 
 from solar_ddpm_jax import FLARE_CLASSES, sharding, train_state
+from solar_ddpm_jax.errors import NonFiniteError
 
 NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
 METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
@@ -133,16 +134,37 @@ def summarize_metrics(per_step: list[dict]) -> dict[str, float]:
 
 
 def check_finite(per_step: list[dict], first_step: int, manager) -> None:
-  """Stops the run with a clear message when a loss or gradient norm is NaN or Inf."""
+  """Stops the run with a clear message when a loss or gradient norm is NaN or Inf.
+
+  These are the losses before each step's update; a finite loss whose update makes the state
+  non-finite is caught by `checkpointing.save`, which checks the whole state before saving it.
+  """
+  from solar_ddpm_jax import checkpointing
   host = jax.device_get([(m["loss"], m["grad_norm"]) for m in per_step])
   for i, (loss, grad_norm) in enumerate(host):
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-      manager.wait_until_finished()
-      raise FloatingPointError(
+      raise NonFiniteError(
           f"Non-finite training loss {float(loss)} (gradient norm {float(grad_norm)}) at step "
-          f"{first_step + i + 1}. Stopped; the last good checkpoint is step "
-          f"{manager.latest_step()} in {manager.directory}. Lower training.learning_rate, "
-          f"keep training.grad_clip_norm > 0, or use model.dtype='float32', then resume.")
+          f"{first_step + i + 1}. Stopped. {checkpointing.last_good_checkpoint(manager)}. "
+          "Lower training.learning_rate, keep training.grad_clip_norm > 0, or use "
+          "model.dtype='float32', then rerun to resume.")
+
+
+def close_manager(manager, *, collective: bool = True) -> None:
+  """Waits for the saves in flight and shuts the checkpoint manager down (its threads too).
+
+  On every exit path of a run, so that nothing of orbax is left to fail at interpreter exit
+  after the run's own message. `collective=False` (a multi-process job stopped by an error
+  that only some processes may have raised): nothing that could wait on the other processes.
+  Errors here are logged, never raised over the one that ended the run.
+  """
+  if not collective:
+    return
+  try:
+    manager.wait_until_finished()
+    manager.close()
+  except Exception:  # noqa: BLE001 (never hide the exception that ended the run)
+    logging.exception("Could not shut the checkpoint manager of %s down.", manager.directory)
 
 
 class _SigtermFlag:
@@ -215,6 +237,8 @@ def train_and_evaluate(config, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   tc = config.training
   train_state.check_param_dtype(config.model)
+  if int(tc.sample_every_steps) > 0:
+    sample.check_batch_size(config.sampling.batch_size)
   num_steps = int(tc.num_train_steps)
   is_main = jax.process_index() == 0
   mesh = sharding.create_mesh(config.mesh)
@@ -230,51 +254,51 @@ def train_and_evaluate(config, workdir: str, *,
   abstract = train_state.abstract_state(config)
   shardings = state_shardings(mesh, abstract)
   manager = checkpointing.create_manager(workdir, tc)
-  if manager.latest_step() is not None:
-    state, record = checkpointing.restore(
-        manager, checkpointing.abstract_with_shardings(abstract, shardings))
-    checkpointing.check_resume_record(record, config, manager.directory)
-    logging.info("Resumed from the checkpoint of step %d (data position %s).",
-                 int(state.step), record.get("step"))
-  else:
-    state, _ = create_train_state(config, mesh)
-  start_step = int(jax.device_get(state.step))
-  _truncate_metrics(workdir, start_step)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-  logging.info("UNet parameters: %d.", num_params)
-  if start_step == 0:
-    writer.write_hparams({"preset": config.preset, "num_params": num_params,
-                          "batch_size": int(tc.batch_size), "seed": int(config.seed)})
-
-  step_fn = jit_train_step(make_train_step(config, apply_fn, schedule), mesh, shardings)
-  eval_fn = make_eval_step(config, apply_fn, schedule, mesh, shardings.ema_params)
-  grid_config = _sample_grid_config(config)
-  grid_fn = samplers.make_sample_fn(apply_fn, schedule, grid_config, mesh)
-  train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(start_step)
-  make_eval_iterator = eval_iterator_fn or _default_eval_iterator(config, mesh)
-
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                           writer=writer if is_main else None)
-  def run_eval(done):
-    metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
-                       int(tc.get("eval_batches", 4)))
-    if metrics:
-      write_scalars(writer, workdir, done, metrics)
-    return metrics
-
-  def log_window(done):
-    check_finite(pending, pending_start, manager)
-    write_scalars(writer, workdir, done, summarize_metrics(pending),
-                  extra={"window_steps": len(pending)})
-
-  settings = checkpointing.run_settings(config)
-  profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
-  logging_on = int(tc.log_every_steps) > 0
-  pending, pending_start = [], start_step
   try:
+    if manager.latest_step() is not None:
+      state, record = checkpointing.restore(
+          manager, checkpointing.abstract_with_shardings(abstract, shardings))
+      checkpointing.check_resume_record(record, config, manager.directory)
+      logging.info("Resumed from the checkpoint of step %d (data position %s).",
+                   int(state.step), record.get("step"))
+    else:
+      state, _ = create_train_state(config, mesh)
+    start_step = int(jax.device_get(state.step))
+    _truncate_metrics(workdir, start_step)
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    logging.info("UNet parameters: %d.", num_params)
+    if start_step == 0:
+      writer.write_hparams({"preset": config.preset, "num_params": num_params,
+                            "batch_size": int(tc.batch_size), "seed": int(config.seed)})
+
+    step_fn = jit_train_step(make_train_step(config, apply_fn, schedule), mesh, shardings)
+    eval_fn = make_eval_step(config, apply_fn, schedule, mesh, shardings.ema_params)
+    grid_config = _sample_grid_config(config)
+    grid_fn = samplers.make_sample_fn(apply_fn, schedule, grid_config, mesh)
+    train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(start_step)
+    make_eval_iterator = eval_iterator_fn or _default_eval_iterator(config, mesh)
+
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                             writer=writer if is_main else None)
+    def run_eval(done):
+      metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
+                         int(tc.get("eval_batches", 4)))
+      if metrics:
+        write_scalars(writer, workdir, done, metrics)
+      return metrics
+
+    def log_window(done):
+      check_finite(pending, pending_start, manager)
+      write_scalars(writer, workdir, done, summarize_metrics(pending),
+                    extra={"window_steps": len(pending)})
+
+    settings = checkpointing.run_settings(config)
+    profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
+    logging_on = int(tc.log_every_steps) > 0
+    pending, pending_start = [], start_step
     with _SigtermFlag() as sigterm, profiler:
       for step in range(start_step, num_steps):
         profiler.before(step, state)
@@ -326,8 +350,10 @@ def train_and_evaluate(config, workdir: str, *,
           raise Preempted(143)
       profiler.stop(state)
   except BaseException as e:
-    if not isinstance(e, Preempted) and jax.process_count() == 1:
-      manager.wait_until_finished()  # A save in flight is kept (its thread is a daemon).
+    # A save in flight is kept. Every process stops on a SIGTERM or a non-finite state (both are
+    # agreed on), so their shutdown may wait on each other; another error may be one process's.
+    close_manager(manager, collective=(jax.process_count() == 1
+                                       or isinstance(e, Preempted | NonFiniteError)))
     raise
   manager.wait_until_finished()
   manager.close()

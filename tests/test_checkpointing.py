@@ -26,14 +26,15 @@ def _env(cache_dir):
   return env
 
 
-def _start(workdir, out, cache_dir, sleep_s, steps=12, every=4):
+def _start(workdir, out, cache_dir, sleep_s, steps=12, every=4, hold_at=None):
+  """hold_at: the run waits before that step's batch until it is killed (no race to the end)."""
   args = [sys.executable, "-m", "tests._helpers.train_run", str(workdir), str(steps), str(every),
-          str(sleep_s), str(out)]
+          str(sleep_s), str(out), *([] if hold_at is None else [str(hold_at)])]
   return subprocess.Popen(args, cwd=REPO, env=_env(cache_dir), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(condition, proc, timeout_s=180):
+def _wait_for(condition, proc, timeout_s=600):
   t0 = time.time()
   while not condition():
     if proc.poll() is not None:
@@ -60,7 +61,7 @@ def test_sigterm_then_sigkill_resume_is_bit_exact(tmp_path):
   """A run stopped by SIGTERM, then SIGKILLed, then resumed ends with the uninterrupted params."""
   cache = tmp_path / "jit_cache"
   ref = _start(tmp_path / "ref", tmp_path / "ref.npz", cache, 0.0)
-  assert ref.wait(timeout=300) == 0, ref.stderr.read()
+  assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
   work = tmp_path / "run"
   proc = _start(work, tmp_path / "run.npz", cache, 0.4)
@@ -71,14 +72,14 @@ def test_sigterm_then_sigkill_resume_is_bit_exact(tmp_path):
   assert stopped_at is not None and 2 <= stopped_at < 12
   assert _logged_steps(work)[-1] == stopped_at  # Saved at the step the signal arrived.
 
-  proc = _start(work, tmp_path / "run.npz", cache, 0.4)
+  proc = _start(work, tmp_path / "run.npz", cache, 0.0, hold_at=10)  # Steps 9-10 at most.
   _wait_for(lambda: _finished(work, 8) and max(_logged_steps(work)) >= 9, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   assert not os.path.exists(tmp_path / "run.npz")
 
   proc = _start(work, tmp_path / "run.npz", cache, 0.0)
-  assert proc.wait(timeout=300) == 0, proc.stderr.read()
+  assert proc.wait(timeout=600) == 0, proc.stderr.read()
   ref_out, run_out = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "run.npz")
   assert int(run_out["step"]) == int(ref_out["step"]) == 12
   names = [k for k in ref_out.files if k != "step"]
@@ -177,3 +178,22 @@ def test_parameters_restore_without_the_optimizer_and_a_misfit_says_what_to_pass
   with pytest.raises(ValueError, match=r"does not fit this config: its model") as e:
     checkpointing.restore_params(other_model, str(tmp_path))
   assert "strict=False" not in str(e.value)  # Padding or truncating weights is no remedy.
+
+
+def test_a_misfit_is_found_in_the_metadata_before_any_array_is_read(tmp_path, monkeypatch):
+  """A restore that failed part way left orbax's reads running into a closed event loop, whose
+  tracebacks ("Event loop is closed") came after, and buried, the message."""
+  manager = checkpointing.create_manager(str(tmp_path))
+  checkpointing.save(manager, _tiny_state(4, 1.0))
+  manager.wait_until_finished()
+  monkeypatch.setattr(manager, "restore", lambda *a, **k: pytest.fail("started a restore"))
+  wider = jax.eval_shape(lambda: _tiny_state(4, 0.0).replace(
+      params={"w": jnp.zeros((8, 6)), "b": jnp.zeros((4,))}))
+  with pytest.raises(ValueError, match=r"step 4 in .* does not fit this config.*1 arrays of "
+                                       r"other shapes, e\.g\. params\.w: checkpoint \(8, 4\), "
+                                       r"config \(8, 6\)"):
+    checkpointing.restore(manager, wider)
+  monkeypatch.undo()
+  state, _ = checkpointing.restore(manager, jax.eval_shape(lambda: _tiny_state(4, 0.0)))
+  np.testing.assert_array_equal(np.asarray(state.params["w"]), np.ones((8, 4)))
+  manager.close()

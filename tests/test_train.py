@@ -7,6 +7,7 @@ import pytest
 
 from configs import aia171
 from solar_ddpm_jax import checkpointing, diffusion, sharding, train, train_state, unet
+from solar_ddpm_jax.errors import NonFiniteError
 from tests._helpers import data
 
 
@@ -117,8 +118,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         batch = dict(batch, image=batch["image"] * jnp.nan)
       yield batch
 
-  with pytest.raises(FloatingPointError, match=r"Non-finite training loss .* step 5.*checkpoint is "
-                                               r"step 3"):
+  with pytest.raises(NonFiniteError, match=r"Non-finite training loss .* step 5\. Stopped\. The "
+                                           r"last good checkpoint is step 3 in "):
     train.train_and_evaluate(config, str(tmp_path), train_iterator_fn=poisoned,
                              eval_iterator_fn=data.eval_iterator_fn(config, mesh))
   assert checkpointing.latest_step(str(tmp_path)) == 3
