@@ -90,3 +90,27 @@ def test_quality_bits_reject_a_frame_unless_allowed(tmp_path):
   fits_io.check(header, channels=(171,), resolution=8, allowed_quality=0x10)
   with pytest.raises(fits_io.BadFileError, match="QUALITY"):
     fits_io.check(header, channels=(171,), resolution=8, allowed_quality=0x01)
+
+
+def test_reasons_name_the_file_not_its_absolute_path(tmp_path):
+  import numpy as np
+  from astropy.io import fits
+  missing = tmp_path / "sub" / "missing.fits"
+  with pytest.raises(fits_io.BadFileError) as e:
+    fits_io.read_bytes(str(missing))  # The OS's message carries the full path.
+  assert "FileNotFoundError" in e.value.reason and "'missing.fits'" in e.value.reason
+  assert str(tmp_path) not in e.value.reason
+  garbage = tmp_path / "garbage.fits"
+  garbage.write_bytes(b"x" * 100)
+  for read in (fits_io.read_header, fits_io.read_data):
+    with pytest.raises(fits_io.BadFileError, match="unreadable") as e:
+      read(str(garbage))
+    assert str(tmp_path) not in e.value.reason
+  path = tmp_path / "nan.fits"
+  data = np.ones((8, 8), np.float32)
+  data[0, 0] = np.nan
+  fits.writeto(path, data, fits.Header({"WAVELNTH": 171, "EXPTIME": 2.0}))
+  assert fits_io.read_data(str(path), 0.1)[0, 0] == 0.0  # Set to 0 below max_nan_fraction,
+  assert np.isnan(fits_io.read_data(str(path), 0.1, fill_nonfinite=False)[0, 0])  # or kept.
+  with pytest.raises(fits_io.BadFileError, match="1 NaN/inf pixels"):
+    fits_io.read_data(str(path), 0.0, fill_nonfinite=False)

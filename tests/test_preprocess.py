@@ -94,3 +94,65 @@ def test_a_degradation_table_of_another_form_names_its_columns(tmp_path):
   path.write_text("channel,when,value\n171,2011-01-01,0.9\n")
   with pytest.raises(ValueError, match=r"other.csv has columns \['channel', 'when', 'value'\]"):
     preprocess.load_degradation_table(str(path))
+
+
+def _uniform(dn_per_s, size=32):
+  return np.full((size, size), dn_per_s, np.float32)
+
+
+def test_pixel_checks_keep_real_and_synthetic_frames():
+  import os
+
+  import sunpy.data.test
+  from astropy.io import fits
+
+  from tfds_aia import synthetic
+  path = os.path.join(os.path.dirname(sunpy.data.test.__file__), "aia_171_level1.fits")
+  with fits.open(path) as hdul:
+    data, exptime = hdul[0].data.astype(np.float32), hdul[0].header["EXPTIME"]
+  assert (data <= 0).any()  # Dark pixels off the disc do not make it a dark frame.
+  assert preprocess.pixel_problem(data / exptime, exptime_s=exptime, wavelength=171) is None
+  for flux in (1e-8, 1e-3):  # A1 to X10: the faintest and the brightest synthetic frames.
+    dn = np.clip(np.round(synthetic.render_frame(np.random.default_rng(0), 64, flux)
+                          * synthetic.EXPTIME_S), 0, synthetic.SATURATION_DN)
+    assert preprocess.pixel_problem(dn / synthetic.EXPTIME_S, exptime_s=synthetic.EXPTIME_S,
+                                    wavelength=171) is None
+  # The on-disc circle lies inside the disc of a full-disc frame (0.397 frame widths here).
+  radius = synthetic.RSUN_OBS_ARCSEC / (0.6 * 4096)
+  assert preprocess.DISC_RADIUS_FRACTION < radius - 0.03
+  mask = preprocess.disc_mask((64, 64))
+  assert mask[32, 32] and not mask[32, 9] and mask[32, 10] and not mask[0, 0]
+
+
+def test_pixel_checks_skip_dark_saturated_implausible_and_mostly_nan_frames():
+  check = lambda x, **k: preprocess.pixel_problem(  # noqa: E731
+      x, exptime_s=2.0, wavelength=193, **k)
+  assert "at or below data.pixel_floor_dn_s=0 DN/s" in check(_uniform(0.0))
+  assert "data.pixel_floor_dn_s" in check(_uniform(-3.0))
+  one_hot = _uniform(0.0)
+  one_hot[3, 3] = 1.0  # "Every pixel": one pixel above the floor passes, unless it is raised.
+  assert check(one_hot) is None and "pixel_floor_dn_s=5" in check(one_hot, pixel_floor_dn_s=5)
+  saturated = _uniform(16383.0 / 2.0)  # 16383 DN in a 2 s exposure.
+  assert "every pixel is saturated" in check(saturated)
+  assert "data.saturation_dn=15000 DN, 7500 DN/s" in check(saturated)
+  saturated[0, 0] = 10.0  # Some pixels not saturated: a usable (if bright) frame.
+  assert check(saturated) is None
+  bright = _uniform(3e6)
+  reason = check(bright)
+  assert "median on-disc brightness 3e+06 DN/s" in reason and "193 A" in reason
+  assert "data.max_disc_median_dn_s=1e+06" in reason
+  assert "saturated" in check(bright, max_disc_median_dn_s=1e7)  # Next: 6e6 DN is >= 15000 DN.
+  bright[:, :4] = 0.0  # Off the disc: the median is the disc's.
+  assert "median on-disc" in check(bright)
+  frame = _uniform(100.0)
+  frame[preprocess.disc_mask(frame.shape)] = np.nan  # No finite pixel on the disc.
+  assert "only 0.0% of the on-disc pixels are finite" in check(frame)
+  assert "data.min_finite_disc_fraction=0.95" in check(frame)
+  frame = _uniform(100.0)
+  frame[15:17, :] = np.inf  # 44 of the 392 on-disc pixels.
+  assert "only 88.8% of the on-disc" in check(frame)
+  assert check(frame, min_finite_disc_fraction=0.8) is None
+  assert check(_uniform(np.nan)).startswith("only 0.0%")
+  assert check(_uniform(np.nan), min_finite_disc_fraction=0.0) == "no finite pixel"
+  with pytest.raises(ValueError, match="one \\[H, W\\] frame"):
+    check(np.zeros((2, 4, 4)))

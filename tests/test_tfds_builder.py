@@ -12,7 +12,7 @@ from astropy.io import fits
 
 from configs import aia171
 from tfds_aia import builder as aia_builder
-from tfds_aia import fits_io, goes, synthetic
+from tfds_aia import cache, fits_io, frames, goes, preprocess, synthetic
 
 TEST_DIR = os.path.dirname(sunpy.data.test.__file__)
 AIA = os.path.join(TEST_DIR, "aia_171_level1.fits")
@@ -113,23 +113,54 @@ def test_bad_input_goes_to_skip_manifest(tmp_path):
   (manual / "truncated.fits").write_bytes(raw[: len(raw) // 2])
   _shifted_copy(manual / "nans.fits", "2011-06-07T07:00:00.000")
   with fits.open(manual / "nans.fits", mode="update") as hdul:
-    hdul[0].data[5:9, 5:9] = np.nan
+    hdul[0].data[:77] = np.nan  # 60% of the image: above data.max_nan_fraction=0.5 below.
   _shifted_copy(manual / "wrong_wavelength.fits", "2011-06-07T08:00:00.000", WAVELNTH=193)
+  os.makedirs(manual / "sub")  # The same name in another folder: a row of its own.
+  _shifted_copy(manual / "sub" / "wrong_wavelength.fits", "2011-06-07T08:30:00.000", WAVELNTH=193)
   _shifted_copy(manual / "no_exptime.fits", "2011-06-07T09:00:00.000", EXPTIME=None)
+  # Pixels that are no image of the Sun (checked in DN/s before downsampling).
+  _, header = _shifted_copy(manual / "zero.fits", "2011-06-07T01:00:00.000")
+  fits.writeto(manual / "zero.fits", np.zeros_like(data), header, overwrite=True)
+  fits.writeto(manual / "saturated.fits", np.full_like(data, 16383.0),
+               _shifted_copy(manual / "saturated.fits", "2011-06-07T01:10:00.000")[1],
+               overwrite=True)
+  fits.writeto(manual / "too_bright.fits", data * 1e5,  # ~1e7 DN/s on the disc.
+               _shifted_copy(manual / "too_bright.fits", "2011-06-07T01:20:00.000")[1],
+               overwrite=True)
+  yy, xx = np.mgrid[:128, :128]
+  nan_disc = np.where(np.hypot(yy - 63.5, xx - 63.5) < 0.38 * 128, np.nan, data)  # 45% of it.
+  fits.writeto(manual / "nan_disc.fits", nan_disc,
+               _shifted_copy(manual / "nan_disc.fits", "2011-06-07T01:30:00.000")[1],
+               overwrite=True)
+  (manual / "goes" / "damaged_xrs.nc").write_bytes(b"not netCDF" * 100)  # Error names the path.
   _shifted_copy(manual / "goes_gap.fits", "2011-06-09T10:00:00.000")  # After the GOES file.
   _, header = _shifted_copy(manual / "binned.fits", "2011-06-07T10:00:00.000")
   fits.writeto(manual / "binned.fits", data.reshape(64, 2, 64, 2).mean(axis=(1, 3)), header,
                overwrite=True)  # A 2x2-binned frame: another clip ceiling, so not in this set.
-  bad_goes = _all_flagged_goes(manual / "goes")
-  b = _build(_data_config(), manual, tmp_path / "tfds")
-  reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
+  bad_goes = "goes/" + _all_flagged_goes(manual / "goes")
+  config = _data_config()
+  config.max_nan_fraction = 0.5  # So that the on-disc check sees nan_disc.fits.
+  b = _build(config, manual, tmp_path / "tfds")
+  manifest = aia_builder.read_manifest(b)
+  reasons = {row["file"]: row["reason"] for row in manifest}
+  assert len(reasons) == len(manifest)  # One row per file, keyed by its path in manual_dir.
   assert set(reasons) == {"truncated.fits", "nans.fits", "wrong_wavelength.fits",
-                          "no_exptime.fits", "goes_gap.fits", "binned.fits", bad_goes}
+                          "sub/wrong_wavelength.fits", "no_exptime.fits", "goes_gap.fits",
+                          "binned.fits", bad_goes, "goes/damaged_xrs.nc", "zero.fits",
+                          "saturated.fits", "too_bright.fits", "nan_disc.fits"}
+  text = (b.data_path / aia_builder.SKIP_MANIFEST).read_text()
+  assert str(tmp_path) not in text and os.path.realpath(tmp_path) not in text
+  assert "damaged_xrs.nc" in reasons["goes/damaged_xrs.nc"]  # Named, not by its absolute path.
+  assert "at or below data.pixel_floor_dn_s=0 DN/s" in reasons["zero.fits"]
+  assert "every pixel is saturated" in reasons["saturated.fits"]
+  assert "above data.max_disc_median_dn_s=1e+06 for 171 A" in reasons["too_bright.fits"]
+  assert "0.0% of the on-disc pixels are finite" in reasons["nan_disc.fits"]
   assert "without a valid 1-8 A sample" in reasons[bad_goes]
   assert "64x64" in reasons["binned.fits"] and "data.frame_px=128" in reasons["binned.fits"]
   assert "truncated" in reasons["truncated.fits"] or "unreadable" in reasons["truncated.fits"]
   assert "NaN" in reasons["nans.fits"]
-  assert "193" in reasons["wrong_wavelength.fits"]
+  assert "193" in reasons["wrong_wavelength.fits"] and "193" in reasons[
+      "sub/wrong_wavelength.fits"]
   assert "EXPTIME" in reasons["no_exptime.fits"]
   assert "GOES" in reasons["goes_gap.fits"]
   names = [ex["source_file"].decode()
@@ -253,7 +284,8 @@ def _records(b):
 def _archive_with_bad_files(root, num_images, image_size=32, seed=11):
   """A Rice-compressed synthetic archive (one file gzipped too) plus files that fail in each stage
   of the build: a header of another channel (header stage), truncated data and NaN pixels
-  (preprocessing, in workers)."""
+  (preprocessing, in workers). The truncated file is a copy of a frame that sorts before the good
+  one (same header, same time)."""
   import gzip
   synthetic.write_archive(str(root), num_images=num_images, image_size=image_size, seed=seed,
                           compress=True)
@@ -261,8 +293,7 @@ def _archive_with_bad_files(root, num_images, image_size=32, seed=11):
   paths[4].with_suffix(".fits.gz").write_bytes(gzip.compress(paths[4].read_bytes()))
   os.remove(paths[4])
   raw = paths[1].read_bytes()
-  (root / "aia" / "truncated.fits").write_bytes(raw[: len(raw) - 2880])  # Same header and time.
-  os.remove(paths[1])
+  (root / "aia" / "0_truncated.fits").write_bytes(raw[: len(raw) - 2880])  # Same header and time.
   with fits.open(paths[2]) as hdul:
     data, header = hdul[1].data.astype(np.float32), hdul[1].header.copy()
   data[:4, :4] = np.nan
@@ -299,10 +330,13 @@ def test_one_process_pool_and_beam_build_the_same(tmp_path):
     assert not list(b.data_path.glob(aia_builder.BEAM_FILE_PREFIX + "*"))  # Work files removed.
     assert len(runs) == (name == "beam")
   records, manifest, decoded, counts = built["one process"]
-  assert sum(counts.values()) == 11 and len(counts) == 3 and len(records) == 3
-  assert {row["file"] for row in manifest} == {"truncated.fits", "nans.fits",
-                                                "wrong_wavelength.fits"}
-  assert len(decoded) == 13  # Every usable header's file once: the 11 frames and 2 bad files.
+  assert sum(counts.values()) == 12 and len(counts) == 3 and len(records) == 3
+  reasons = {row["file"]: row["reason"] for row in manifest}
+  assert set(reasons) == {"aia/0_truncated.fits", "aia/nans.fits", "aia/wrong_wavelength.fits"}
+  good_copy = "aia/171/" + sorted(os.listdir(tmp_path / "a" / "aia" / "171"))[1]
+  assert reasons["aia/0_truncated.fits"].startswith(f"duplicate of {good_copy} (the same 171 A")
+  assert "this copy is unusable: unreadable or truncated" in reasons["aia/0_truncated.fits"]
+  assert len(decoded) == 14  # Every usable header's file once: the 12 frames and 2 bad files.
   for name in ("pool", "beam"):
     assert built[name] == built["one process"], name  # Same shards, records, manifest, decoded.
 
@@ -392,12 +426,88 @@ def test_degradation_table_frames_outside_its_epochs_are_skipped(tmp_path):
   b = _build(config, manual, tmp_path / "tfds")
   reasons = {row["file"]: row["reason"] for row in aia_builder.read_manifest(b)}
   assert list(reasons) == ["outside.fits"] and "No valid calibration epoch" in reasons[
-      "outside.fits"] and table in reasons["outside.fits"]
+      "outside.fits"] and "data.degradation_table table.txt" in reasons["outside.fits"]
+  assert str(tmp_path) not in (b.data_path / aia_builder.SKIP_MANIFEST).read_text()
   (tmp_path / "other.csv").write_text("wavelength,time,factor\n193,2011-01-01T00:00:00,0.9\n")
   config.degradation_table = str(tmp_path / "other.csv")
   with pytest.raises(ValueError, match=r"other.csv has no entries for the channel\(s\) \[171\]"):
     _build(config, manual, tmp_path / "tfds3")
+  config.degradation_table, config.max_disc_median_dn_s = "", (1e6, 2e6)
+  with pytest.raises(ValueError, match=r"data.max_disc_median_dn_s has 2 values .*\(171,\)"):
+    _build(config, manual, tmp_path / "tfds4")
+  config.max_disc_median_dn_s = (1e6,)
   (tmp_path / "bad.csv").write_text("channel,when\n171,2011\n")
   config.degradation_table = str(tmp_path / "bad.csv")
   with pytest.raises(ValueError, match="bad.csv has columns"):
     _build(config, manual, tmp_path / "tfds2")
+
+
+def test_a_damaged_copy_sorting_first_does_not_lose_the_frame(tmp_path):
+  """frames.preprocess_frame tries the copies of a frame in order: the first that decodes and
+  passes every check is kept, the others are duplicates of it (no TFDS build here)."""
+  _shifted_copy(tmp_path / "b.fits", IMAGE_TIME)
+  raw = (tmp_path / "b.fits").read_bytes()
+  (tmp_path / "a.fits").write_bytes(raw[: len(raw) // 2])  # Same header, half the pixels.
+  shutil.copy(tmp_path / "b.fits", tmp_path / "c.fits")
+  a, b, c = (fits_io.read_header(str(tmp_path / n)) for n in ("a.fits", "b.fits", "c.fits"))
+  assert a.time_unix_s == b.time_unix_s == c.time_unix_s
+  settings = aia_builder.settings_from_config(_data_config())
+  image, skips, decoded, kept = frames.preprocess_frame([[a, b, c]], settings, 16)
+  assert image.shape == (16, 16, 1) and kept == [b] and decoded == ("a.fits", "b.fits")
+  assert [path for path, _ in skips] == [a.path, c.path]  # c is not decoded: b was usable.
+  assert skips[0][1].startswith(f"duplicate of {b.path} (the same 171 A frame of 2011-06-07T06:")
+  assert "this copy is unusable: unreadable or truncated FITS data" in skips[0][1]
+  assert skips[1][1].startswith(f"duplicate of {b.path} (") and "unusable" not in skips[1][1]
+  image, skips, _, kept = frames.preprocess_frame([[a]], settings, 16)
+  assert image is None and kept is None and skips[0][0] == a.path
+  assert skips[0][1].startswith("unreadable or truncated")  # No usable copy: its own reason.
+
+
+def test_pixel_checks_are_part_of_the_plane_cache_key(tmp_path):
+  _, header = _shifted_copy(tmp_path / "zero.fits", IMAGE_TIME)
+  fits.writeto(tmp_path / "zero.fits", np.zeros((128, 128)), header, overwrite=True)
+  h = fits_io.read_header(str(tmp_path / "zero.fits"))
+  settings = aia_builder.settings_from_config(_data_config())
+  cache_dir = str(tmp_path / "cache")
+  # A plane cached by a build without the checks (key of the settings alone) is not reused.
+  sha = cache.sha256_bytes((tmp_path / "zero.fits").read_bytes())
+  cache.store_plane(cache_dir, cache.plane_key(sha, cache.plane_fingerprint(settings, 16, 3000.0)),
+                    np.zeros((16, 16), np.float32))
+  image, skips, decoded, _ = frames.preprocess_frame([[h]], settings, 16, cache_dir)
+  assert image is None and decoded == ("zero.fits",) and "pixel_floor_dn_s" in skips[0][1]
+  image, skips, decoded, _ = frames.preprocess_frame([[h]], settings, 16, cache_dir)
+  assert decoded == () and "pixel_floor_dn_s" in skips[0][1]  # The reason is cached.
+  settings["pixel_floor_dn_s"] = -1.0  # Other thresholds: decoded and checked again.
+  image, skips, decoded, _ = frames.preprocess_frame([[h]], settings, 16, cache_dir)
+  assert image is not None and decoded == ("zero.fits",) and not skips
+
+
+def test_pixel_check_defaults_keep_the_fingerprint_of_datasets_built_before():
+  settings = aia_builder.settings_from_config(aia171.get_config("paper").data)
+  assert {k: settings[k] for k in aia_builder.LATER_SETTINGS} == preprocess.PIXEL_CHECK_DEFAULTS
+  before = {k: v for k, v in settings.items() if k not in aia_builder.LATER_SETTINGS}
+  assert aia_builder.settings_fingerprint(settings) == cache.settings_fingerprint(before)
+  for key, value in (("saturation_dn", 14000.0), ("max_disc_median_dn_s", (1e6, 2e6)),
+                     ("pixel_floor_dn_s", 1.0), ("min_finite_disc_fraction", 0.5)):
+    assert aia_builder.settings_fingerprint({**settings, key: value}) != (
+        cache.settings_fingerprint(before)), key
+  config = aia171.get_config("multichannel").data
+  config.max_disc_median_dn_s = (1e6, 1e6, 1e6, 1000000)  # Ints or floats, one per channel.
+  assert aia_builder.settings_from_config(config)["max_disc_median_dn_s"] == (1e6,) * 4
+  assert frames.pixel_checks({**settings, "max_disc_median_dn_s": (1.0, 2.0)}, 1)[
+      "max_disc_median_dn_s"] == 2.0
+
+
+def test_skip_manifest_names_files_relative_to_manual_dir(tmp_path):
+  manual = str(tmp_path / "manual")
+  assert aia_builder.manifest_file(f"{manual}/aia/171/x.fits", manual) == "aia/171/x.fits"
+  assert aia_builder.manifest_file("/elsewhere/y.fits", manual) == "y.fits"
+  reason = (f"duplicate of {manual}/aia/x.fits; unreadable (OSError: [Errno 5] '/var/tmp/z.fits'"
+            ") at 3000 DN/s/pixel, 1-8 A")
+  assert aia_builder.manifest_reason(reason, manual) == (
+      "duplicate of aia/x.fits; unreadable (OSError: [Errno 5] 'z.fits') at 3000 DN/s/pixel, 1-8 A")
+  rows = [{"file": "b/x.fits", "reason": "r2"}, {"file": "a/x.fits", "reason": "r1"},
+          {"file": "b/x.fits", "reason": "r1"}, {"file": "b/x.fits", "reason": "r2"}]
+  aia_builder.write_manifest(str(tmp_path), rows, dict(aia_builder.DEFAULT_SETTINGS))
+  assert aia_builder.read_manifest(str(tmp_path)) == [
+      {"file": "a/x.fits", "reason": "r1"}, {"file": "b/x.fits", "reason": "r1; r2"}]

@@ -6,7 +6,8 @@
 manual_dir holds AIA level-1 FITS files (any sub-folders; *.fits, *.fits.gz, *.fts) and GOES XRS
 files (go1[0-5]*.fits[.gz], *xrs*.nc). One BuilderConfig per resolution and channel set,
 "res{R}_{w1}_{w2}..." (res64_171). Keys are the observation time and channels, never paths.
-Files that cannot be used are listed with the reason in <dataset dir>/skipped.json.
+Files that cannot be used are listed with the reason in <dataset dir>/skipped.json, one row per
+file, named by its path relative to manual_dir (`write_manifest`).
 
 Three ways to run the same build, with the same records and skip manifest:
   - one process (num_workers=1);
@@ -33,6 +34,7 @@ import fnmatch
 import json
 import multiprocessing
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -40,7 +42,6 @@ from absl import logging
 from etils import epath
 
 from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, preprocess, splits
-from tfds_aia.cache import settings_fingerprint
 
 SKIP_MANIFEST = "skipped.json"
 SETTINGS_FILE = "build_settings.json"
@@ -57,9 +58,27 @@ DEFAULT_SETTINGS = dict(
     split_gap_hours=12.0, hek_events="", hek_window_minutes=30.0, hek_min_class="M",
     hek_scaling="noaa_0.7",
     max_nan_fraction=0.0, allowed_quality=0, channel_match_s=60.0, file_format="tfrecord",
-    frame_px=preprocess.AIA_FULL_FRAME_PX)
+    frame_px=preprocess.AIA_FULL_FRAME_PX, **preprocess.PIXEL_CHECK_DEFAULTS)
+# Settings added after datasets of this version were first built: fingerprinted only when set
+# away from their defaults, so that a dataset built before them keeps its fingerprint (the records
+# of its frames that pass the checks are the same bytes); its build_settings.json lacks them.
+LATER_SETTINGS = tuple(preprocess.PIXEL_CHECK_DEFAULTS)
 # Settings that change how, not what, is built (left out of the fingerprint).
 RUNTIME_SETTINGS = dict(num_workers=0, max_in_flight=4, cache_dir="", beam_pipeline_options="")
+
+
+def settings_fingerprint(settings: dict) -> str:
+  """Short hash of the build settings (cache.settings_fingerprint), without LATER_SETTINGS that
+  keep their defaults."""
+  return cache.settings_fingerprint({
+      k: v for k, v in settings.items()
+      if not (k in LATER_SETTINGS and _same_setting(v, DEFAULT_SETTINGS[k]))})
+
+
+def _same_setting(value, default) -> bool:
+  if isinstance(default, tuple):
+    return tuple(float(v) for v in np.ravel(value)) == tuple(float(v) for v in default)
+  return float(value) == float(default)
 
 
 def config_name(resolution: int, channels) -> str:
@@ -88,12 +107,40 @@ def settings_from_config(data_config) -> dict:
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
     if key == "frame_px":  # Checked there, and a synthetic archive's own size.
       value = preprocess.frame_px(data_config)
+    if key == "max_disc_median_dn_s":  # One float per channel, or one for all.
+      value = tuple(float(v) for v in np.ravel(value))
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
   return out
 
 
 def _iso(t: float) -> str:
   return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+# An absolute path of two or more parts (not "DN/s": a slash after a letter does not start one).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.@+~-]+/)+([\w.@+~-]*)")
+
+
+def manifest_file(path: str, manual_dir: str) -> str:
+  """A file's name in the skip manifest: its path relative to manual_dir, in posix form (the
+  name alone for a file outside it)."""
+  path = os.path.abspath(os.fspath(path))
+  if not manual_dir:
+    return os.path.basename(path)
+  for root in dict.fromkeys((os.path.abspath(manual_dir), os.path.realpath(manual_dir))):
+    rel = os.path.relpath(path, root)
+    if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+      return rel.replace(os.sep, "/")
+  return os.path.basename(path)
+
+
+def manifest_reason(reason: str, manual_dir: str) -> str:
+  """A skip reason without absolute paths: files under manual_dir by their relative path, any
+  other absolute path by its last part."""
+  roots = {os.path.abspath(manual_dir), os.path.realpath(manual_dir)} if manual_dir else set()
+  for root in sorted(roots, key=len, reverse=True):
+    reason = reason.replace(root + os.sep, "")
+  return _ABSOLUTE_PATH.sub(r"\1", reason)
 
 
 def find_files(manual_dir: str) -> tuple[list[str], list[str]]:
@@ -132,6 +179,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, settings: dict | None = None, runtime: dict | None = None, **kwargs):
     self.settings = {**DEFAULT_SETTINGS, **RUNTIME_SETTINGS, **(settings or {}), **(runtime or {})}
     self.skipped: list[dict] = []
+    self._manual_dir = ""  # manual_dir of the running build (skip rows are relative to it).
     self.decoded_files: list[str] = []  # FITS files decoded by the last build (not from the cache).
     self._pool = None  # The build's process pool, while one runs.
     self._beam = False  # Whether this build runs on Apache Beam.
@@ -160,7 +208,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _skip(self, path: str, reason: str) -> None:
-    self.skipped.append({"file": os.path.basename(str(path)), "reason": reason})
+    self.skipped.append({"file": manifest_file(str(path), self._manual_dir),
+                         "reason": manifest_reason(reason, self._manual_dir)})
 
   def _frames(self, aia_paths: list[str]) -> list[fits_io.AiaHeader]:
     """Valid headers of the configured channels (others go to the skip manifest)."""
@@ -184,31 +233,40 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return headers
 
   def _group_channels(self, headers):
-    """[(time, [header per channel])]: each frame of the first channel with the nearest frame of
-    every other channel within channel_match_s."""
+    """[(time, [[header of each copy] per channel])]: each frame of the first channel (all its
+    copies: files of the same observation time) with the copies of the nearest frame of every
+    other channel within channel_match_s. Which copy is used is decided when the pixels are read
+    (frames.preprocess_frame): a damaged copy does not lose the frame."""
     channels = self.builder_config.channels
     by_channel = {w: sorted((h for h in headers if h.wavelength == w), key=lambda h: h.time_unix_s)
                   for w in channels}
-    groups, used = [], set()
-    for anchor in by_channel[channels[0]]:
-      if anchor.time_unix_s in used:
-        self._skip(anchor.path, f"duplicate frame of {_iso(anchor.time_unix_s)}")
-        continue
-      used.add(anchor.time_unix_s)
-      members = [anchor]
+    copies = collections.defaultdict(list)  # Copies of the first channel's frames, in path order.
+    for h in by_channel[channels[0]]:
+      copies[h.time_unix_s].append(h)
+    groups = []
+    for time_unix_s, anchors in copies.items():
+      members = [anchors]
       for w in channels[1:]:
         near = [h for h in by_channel[w]
-                if abs(h.time_unix_s - anchor.time_unix_s) <= self.settings["channel_match_s"]]
+                if abs(h.time_unix_s - time_unix_s) <= self.settings["channel_match_s"]]
         if not near:
-          self._skip(anchor.path, f"no {w} A frame within {self.settings['channel_match_s']:g} s")
+          for anchor in anchors:
+            self._skip(anchor.path,
+                       f"no {w} A frame within {self.settings['channel_match_s']:g} s")
           break
-        members.append(min(near, key=lambda h: abs(h.time_unix_s - anchor.time_unix_s)))
+        nearest = min(near, key=lambda h: abs(h.time_unix_s - time_unix_s)).time_unix_s
+        members.append([h for h in near if h.time_unix_s == nearest])
       else:
-        groups.append((anchor.time_unix_s, members))
+        groups.append((time_unix_s, members))
     return groups
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = os.fspath(dl_manager.manual_dir)
+    self._manual_dir = manual_dir
+    limits = np.ravel(self.settings["max_disc_median_dn_s"])
+    if len(limits) not in (1, len(self.builder_config.channels)):
+      raise ValueError(f"data.max_disc_median_dn_s has {len(limits)} values for the channels "
+                       f"{self.builder_config.channels}: give one for all, or one per channel.")
     if self.settings["degradation_table"]:  # Unreadable: stop before reading any frame.
       table_path = self.settings["degradation_table"]
       if not os.path.isfile(table_path):
@@ -232,7 +290,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       try:
         part = goes.read_goes_file(path, s["goes_scaling"])
       except Exception as e:
-        self._skip(path, f"unreadable GOES XRS file ({e.__class__.__name__}: {e})")
+        self._skip(path, f"unreadable GOES XRS file ({fits_io.describe(e, path)})")
         continue
       if not len(part):
         self._skip(path, "GOES XRS file without a valid 1-8 A sample (all flagged bad, missing "
@@ -253,21 +311,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         label = goes.label_image(xrs, time_unix_s, tolerance_s=s["goes_tolerance_s"],
                                  forecast_window_s=s["forecast_window_hours"] * 3600.0)
       except goes.GoesGapError as e:
-        self._skip(members[0].path, f"{e} ({_iso(time_unix_s)})")
+        self._skip_copies(members, f"{e} ({_iso(time_unix_s)})")
         continue
       if events is not None and label.flare_class >= goes.class_index(s["hek_min_class"]):
         if not hek.near_flare_peak(time_unix_s, events, s["hek_window_minutes"],
                                    s["hek_min_class"], hek_factor)[0]:
-          self._skip(members[0].path, f"{FLARE_CLASSES[label.flare_class]}-class flux but no HEK "
-                     f"flare peak within {s['hek_window_minutes']:g} min")
+          self._skip_copies(members, f"{FLARE_CLASSES[label.flare_class]}-class flux but no HEK "
+                            f"flare peak within {s['hek_window_minutes']:g} min")
           continue
       items.append((time_unix_s, members, label))
     names = splits.assign_splits([t for t, _, _ in items], s["train_end"], s["val_end"],
                                  s["split_gap_hours"])
     for (t, members, _), name in zip(items, names, strict=True):
       if not name:
-        self._skip(members[0].path, f"within {s['split_gap_hours']:g} h of a split boundary "
-                   f"({_iso(t)})")
+        self._skip_copies(members, f"within {s['split_gap_hours']:g} h of a split boundary "
+                          f"({_iso(t)})")
     # TFDS cannot write an empty split: splits without frames are left out (and logged).
     by_split = {split: [it for it, n in zip(items, names, strict=True) if n == split]
                 for split in splits.SPLITS}
@@ -278,6 +336,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       self._stop_pool()  # Beam's workers preprocess the frames.
     return {split: self._generate_examples(members, split) for split, members in by_split.items()
             if members}
+
+  def _skip_copies(self, members, reason: str) -> None:
+    """A frame left out before its pixels are read: every copy of its first channel."""
+    for header in members[0]:
+      self._skip(header.path, reason)
 
   def _num_workers(self) -> int:
     workers = int(self.settings["num_workers"])
@@ -348,12 +411,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     args = (self.settings, self.builder_config.resolution, self._cache_dir())
     results = self._in_order(frames.preprocess_frame, [members for _, members, _ in items], args,
                              in_flight=max(int(self.settings["max_in_flight"]), 1))
-    for item, (image, error, decoded) in zip(items, results, strict=True):
+    for (t, _, label), (image, skips, decoded, kept) in zip(items, results, strict=True):
       self.decoded_files.extend(decoded)
-      if error is not None:
-        self._skip(*error)
-        continue
-      yield example_of(item, image)
+      for path, reason in skips:
+        self._skip(path, reason)
+      if image is not None:
+        yield example_of((t, kept, label), image)
 
   def _beam_examples(self, items, split: str):
     """A PTransform: work list -> preprocessed frames -> examples. The work list is a JSON-lines
@@ -376,7 +439,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
            | "CollectReport" >> beam.combiners.ToList()
            | "WriteReport" >> beam.Map(_write_json, path=report))
       return results | "Examples" >> beam.FlatMap(
-          lambda r: [example_of(r[0], r[1])] if r[2] is None else [])
+          lambda r: [example_of(r[0], r[1])] if r[1] is not None else [])
 
     return examples()  # pylint: disable=no-value-for-parameter
 
@@ -384,9 +447,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Skip records and decoded files of the Beam workers; removes the Beam work files."""
     folder = epath.Path(self.data_dir)
     for path in sorted(folder.glob(f"{BEAM_FILE_PREFIX}report_*.json")):
-      for error, decoded in json.loads(path.read_text()):
-        if error is not None:
-          self._skip(*error)
+      for skips, decoded in json.loads(path.read_text()):
+        for file, reason in skips:
+          self._skip(file, reason)
         self.decoded_files.extend(decoded)
     for path in folder.glob(f"{BEAM_FILE_PREFIX}*"):
       path.unlink()
@@ -430,20 +493,22 @@ def example_of(item, image: np.ndarray) -> tuple[str, dict]:
 def _item_to_json(item) -> str:
   time_unix_s, members, label = item
   return json.dumps({"time_unix_s": time_unix_s, "label": dataclasses.asdict(label),
-                     "members": [dataclasses.asdict(h) for h in members]})
+                     "members": [[dataclasses.asdict(h) for h in copies] for copies in members]})
 
 
 def _item_from_json(line: str):
   d = json.loads(line)
-  members = [fits_io.AiaHeader(**{**h, "shape": tuple(h["shape"])}) for h in d["members"]]
+  members = [[fits_io.AiaHeader(**{**h, "shape": tuple(h["shape"])}) for h in copies]
+             for copies in d["members"]]
   return d["time_unix_s"], members, goes.Label(**d["label"])
 
 
 def _preprocess_line(line: str, settings: dict, resolution: int, cache_dir: str):
-  """Beam: (item, image, error, decoded) of one work-list line."""
-  item = _item_from_json(line)
-  image, error, decoded = frames.preprocess_frame(item[1], settings, resolution, cache_dir)
-  return item, image, error, decoded
+  """Beam: ((time, kept header per channel, label), image or None, skip records, decoded) of
+  one work-list line."""
+  time_unix_s, members, label = _item_from_json(line)
+  image, skips, decoded, kept = frames.preprocess_frame(members, settings, resolution, cache_dir)
+  return (time_unix_s, kept, label), image, [list(r) for r in skips], decoded
 
 
 def _write_json(records, path: str) -> None:
@@ -451,22 +516,23 @@ def _write_json(records, path: str) -> None:
 
 
 def write_manifest(dataset_dir: str, skipped: list[dict], settings: dict) -> None:
-  """skipped.json (file, reason) and build_settings.json in the dataset directory."""
-  seen, unique = set(), []
+  """skipped.json and build_settings.json in the dataset directory.
+
+  skipped.json: [{"file": path relative to manual_dir (posix), "reason": why}], one row per file
+  sorted by file (a file with several reasons has them joined by "; ", in sorted order).
+  """
+  reasons = collections.defaultdict(set)
   for row in skipped:
-    key = (row["file"], row["reason"])
-    if key not in seen:
-      seen.add(key)
-      unique.append(row)
-  unique.sort(key=lambda r: (r["file"], r["reason"]))
+    reasons[row["file"]].add(row["reason"])
+  rows = [{"file": file, "reason": "; ".join(sorted(reasons[file]))} for file in sorted(reasons)]
   with open(os.path.join(os.fspath(dataset_dir), SKIP_MANIFEST), "w") as f:
-    json.dump(unique, f, indent=1)
+    json.dump(rows, f, indent=1)
   with open(os.path.join(os.fspath(dataset_dir), SETTINGS_FILE), "w") as f:
     json.dump({**settings, "fingerprint": settings_fingerprint(settings)}, f, indent=1, default=str)
 
 
 def read_manifest(builder_or_dir) -> list[dict]:
-  """The skip manifest of a built dataset: [{"file", "reason"}]."""
+  """The skip manifest of a built dataset: [{"file", "reason"}], file relative to manual_dir."""
   d = getattr(builder_or_dir, "data_dir", builder_or_dir)
   with open(os.path.join(os.fspath(d), SKIP_MANIFEST)) as f:
     return json.load(f)

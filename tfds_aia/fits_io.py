@@ -28,6 +28,16 @@ class BadFileError(ValueError):
     self.reason = reason
 
 
+def describe(error: BaseException, path) -> str:
+  """"Class: message" of an exception, with the file's path cut to its name: messages of astropy
+  and the OS often carry the absolute path, which must not reach the skip manifest."""
+  text, name = str(error), os.path.basename(str(path))
+  for full in sorted({str(path), os.path.abspath(str(path)), os.path.realpath(str(path))},
+                     key=len, reverse=True):
+    text = text.replace(full, name)
+  return f"{error.__class__.__name__}: {text}"
+
+
 @dataclasses.dataclass
 class AiaHeader:
   """What the builder needs from an AIA header."""
@@ -145,7 +155,7 @@ def read_header(path: str) -> AiaHeader:
   except BadFileError:
     raise
   except Exception as e:  # astropy raises many kinds on damaged files.
-    raise BadFileError(path, f"unreadable FITS ({e.__class__.__name__}: {e})") from None
+    raise BadFileError(path, f"unreadable FITS ({describe(e, path)})") from None
 
 
 def read_bytes(path: str) -> bytes:
@@ -154,12 +164,14 @@ def read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
       return f.read()
   except OSError as e:
-    raise BadFileError(path, f"unreadable file ({e.__class__.__name__}: {e})") from None
+    raise BadFileError(path, f"unreadable file ({describe(e, path)})") from None
 
 
-def read_data(path: str, max_nan_fraction: float = 0.0, raw: bytes | None = None) -> np.ndarray:
+def read_data(path: str, max_nan_fraction: float = 0.0, raw: bytes | None = None,
+              fill_nonfinite: bool = True) -> np.ndarray:
   """The image [H, W] float32 in DN (from `raw`, the file's bytes, when given); non-finite pixels
-  are an error above `max_nan_fraction` (and are set to 0 below it)."""
+  are an error above `max_nan_fraction` (and are set to 0 below it, unless not `fill_nonfinite`:
+  then they are kept, for checks that must tell them from zeros)."""
   from astropy.io import fits
   source = path if raw is None else io.BytesIO(raw)
   try:
@@ -175,14 +187,15 @@ def read_data(path: str, max_nan_fraction: float = 0.0, raw: bytes | None = None
   except BadFileError:
     raise
   except Exception as e:
-    raise BadFileError(path, f"unreadable or truncated FITS data ({e.__class__.__name__}: {e})"
+    raise BadFileError(path, f"unreadable or truncated FITS data ({describe(e, path)})"
                        ) from None
   bad = ~np.isfinite(data)
   if bad.any():
     fraction = float(bad.mean())
     if fraction > max_nan_fraction:
       raise BadFileError(path, f"{bad.sum()} NaN/inf pixels ({fraction:.2%} of the image)")
-    data[bad] = 0.0
+    if fill_nonfinite:
+      data[bad] = 0.0
   return data
 
 
@@ -201,7 +214,7 @@ def register_level15(path: str, data: np.ndarray) -> np.ndarray:
       warnings.simplefilter("ignore")
       registered = aiapy.calibrate.register(sunpy.map.Map(data, header))
   except Exception as e:
-    raise BadFileError(path, f"aiapy registration failed ({e.__class__.__name__}: {e})") from None
+    raise BadFileError(path, f"aiapy registration failed ({describe(e, path)})") from None
   out = np.asarray(registered.data, np.float32)
   n = min(out.shape[0], data.shape[0])
   return np.nan_to_num(out[:n, :n])

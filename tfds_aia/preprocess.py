@@ -12,6 +12,8 @@ The forward map of one channel, in this order:
   5. stretch to [-1, 1]:
        "log":   x = 2 * log1p(v) / log1p(c_eff) - 1
        "asinh": x = 2 * asinh(v / (a * c_eff)) / asinh(1 / a) - 1     (a = asinh_a)
+Between steps 1 and 2 the build checks the full-resolution frame in DN/s (`pixel_problem`: dark,
+saturated, implausibly bright or mostly non-finite frames are skipped).
 `to_dn_per_s` inverts steps 5 (exactly, for v in [0, c_eff]); `block_area` and
 `effective_ceiling` give c_eff so that samples can be returned in DN/s per output pixel.
 """
@@ -20,12 +22,22 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 
 import numpy as np
 
 STRETCHES = ("log", "asinh")
 DOWNSAMPLE_METHODS = ("sum", "resize")
 AIA_FULL_FRAME_PX = 4096  # Pixels across an AIA level-1 full-disc frame.
+# The pixels that `pixel_problem` takes as on the disc: a centred circle of this radius in frame
+# widths. The solar disc of an AIA full-disc frame has a radius of 0.385-0.40 frame widths over
+# the year (945-975 arcsec at 0.6 arcsec/px, 4096 px), so this circle lies on the disc with a
+# margin of ~150 px at 4096 for pointing offsets.
+DISC_RADIUS_FRACTION = 0.35
+# Default pixel checks (data.pixel_floor_dn_s, data.saturation_dn, data.max_disc_median_dn_s,
+# data.min_finite_disc_fraction; see `pixel_problem`).
+PIXEL_CHECK_DEFAULTS = dict(pixel_floor_dn_s=0.0, saturation_dn=15000.0,
+                            max_disc_median_dn_s=(1e6,), min_finite_disc_fraction=0.95)
 
 
 def frame_px(data_config) -> int:
@@ -219,3 +231,66 @@ def preprocess_channel(data_dn: np.ndarray, exptime_s: float, *, resolution: int
   small = downsample(data_dn, resolution, downsample_method) / float(exptime_s) / float(degradation)
   ceiling = effective_ceiling(dn_ceiling, data_dn.shape[0], resolution, downsample_method)
   return to_model_range(small, ceiling, stretch, asinh_a)
+
+
+@functools.lru_cache(maxsize=4)
+def disc_mask(shape: tuple[int, int]) -> np.ndarray:
+  """[H, W] bool, read-only: the pixels within DISC_RADIUS_FRACTION frame widths of the centre."""
+  h, w = shape
+  yy = (np.arange(h, dtype=np.float64) - (h - 1) / 2)[:, None]
+  xx = (np.arange(w, dtype=np.float64) - (w - 1) / 2)[None, :]
+  mask = yy**2 + xx**2 <= (DISC_RADIUS_FRACTION * w) ** 2
+  mask.flags.writeable = False
+  return mask
+
+
+def pixel_problem(dn_per_s: np.ndarray, *, exptime_s: float, wavelength: int,
+                  pixel_floor_dn_s: float = 0.0, saturation_dn: float = 15000.0,
+                  max_disc_median_dn_s: float = 1e6, min_finite_disc_fraction: float = 0.95
+                  ) -> str | None:
+  """Why a full-disc frame's pixels cannot be a training image, or None when they can.
+
+  Runs on the frame in DN/s (level-1 DN / EXPTIME), before the degradation correction,
+  downsampling and the stretch: a frame that is dark, saturated or wrongly scaled would otherwise
+  become a labelled image that looks like a quiet Sun (clipped to 0) or a flare (clipped to the
+  ceiling). Non-finite pixels are left out of the statistics. The checks, in this order:
+    1. fewer than `min_finite_disc_fraction` of the on-disc pixels (`disc_mask`) are finite (only
+       possible when data.max_nan_fraction lets non-finite pixels through);
+    2. every finite pixel is at or below `pixel_floor_dn_s` (an empty or dark frame);
+    3. the median of the finite on-disc pixels is above `max_disc_median_dn_s` (no AIA channel
+       comes near it: wrong units or scaling, not saturation: a 14-bit detector cannot record
+       it). The median is taken on a grid of about 512 x 512 pixels of the disc;
+    4. every finite pixel is at or above `saturation_dn` / `exptime_s` (saturated; the level is
+       given in DN, as the detector saturates).
+  The reason names the setting (data.*) that decides it.
+  """
+  x = np.asarray(dn_per_s)
+  if x.ndim != 2:
+    raise ValueError(f"pixel_problem takes one [H, W] frame, not shape {x.shape}.")
+  finite = np.isfinite(x)
+  all_finite = bool(finite.all())
+  disc = disc_mask(x.shape)
+  if not all_finite:
+    fraction = np.count_nonzero(finite & disc) / max(np.count_nonzero(disc), 1)
+    if fraction < min_finite_disc_fraction:
+      return (f"only {fraction:.1%} of the on-disc pixels are finite (fewer than "
+              f"data.min_finite_disc_fraction={min_finite_disc_fraction:g})")
+  values = x if all_finite else x[finite]
+  if not values.size:
+    return "no finite pixel"
+  if float(values.max()) <= pixel_floor_dn_s:
+    return (f"every pixel is at or below data.pixel_floor_dn_s={pixel_floor_dn_s:g} DN/s (an "
+            "empty or dark frame)")
+  step = max(1, x.shape[0] // 512)
+  grid = (x[::step, ::step])[disc[::step, ::step] & finite[::step, ::step]]
+  if grid.size:
+    median = float(np.median(grid))
+    if median > max_disc_median_dn_s:
+      return (f"median on-disc brightness {median:.3g} DN/s is above "
+              f"data.max_disc_median_dn_s={max_disc_median_dn_s:g} for {int(wavelength)} A "
+              "(implausible: wrong units or scaling)")
+  saturated_dn_s = saturation_dn / float(exptime_s)
+  if float(values.min()) >= saturated_dn_s:
+    return (f"every pixel is saturated (at or above data.saturation_dn={saturation_dn:g} DN, "
+            f"{saturated_dn_s:g} DN/s at EXPTIME {float(exptime_s):g} s)")
+  return None
