@@ -4,9 +4,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
+import pytest
 
 from configs import aia171
 from solar_ddpm_jax import unet
@@ -14,14 +16,32 @@ from solar_ddpm_jax import unet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def _reserved_port() -> socket.socket:
+  """A socket bound to a free loopback port, to hold while the processes start.
+
+  A port only looked up (bound, then closed) stays free for the seconds the processes take to
+  start, and any connection on the machine may take it as its local port meanwhile: process 0's
+  coordinator then fails to start ("Failed to start RPC server") and process 1 waits for it until
+  the timeout. A held port is not given to others; with SO_REUSEPORT (which gRPC's server sets
+  too) the coordinator can still bind it.
+  """
+  s = socket.socket()
+  if hasattr(socket, "SO_REUSEPORT"):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+  s.bind(("127.0.0.1", 0))
+  return s
 
 
-def _run_two(module, *args, returncode=0, timeout=300):
-  port = _free_port()
+def _run_two(module, *args, returncode=0, timeout=600):
+  """Runs `module` as processes 0 and 1; returns their stderr tails. `timeout`: seconds for both
+  together (the two-process training took 285 s on 2 CPU cores shared with other work)."""
+  with _reserved_port() as reserved:
+    return _run_two_on(reserved.getsockname()[1], module, *args, returncode=returncode,
+                       timeout=timeout)
+
+
+def _run_two_on(port, module, *args, returncode, timeout):
+  deadline = time.monotonic() + timeout
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
   for name in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS"):
@@ -33,7 +53,7 @@ def _run_two(module, *args, returncode=0, timeout=300):
   errors = []
   for p in procs:
     try:
-      _, err = p.communicate(timeout=timeout)
+      _, err = p.communicate(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
@@ -41,6 +61,22 @@ def _run_two(module, *args, returncode=0, timeout=300):
     errors.append(err[-3000:])
   assert [p.returncode for p in procs] == [returncode] * 2, "\n".join(errors)
   return errors
+
+
+def test_a_reserved_port_is_free_for_the_coordinator_only():
+  """While the test holds the port, a socket of another program cannot bind it (so no connection
+  takes it as its local port either), and a server with SO_REUSEPORT, as gRPC's, can."""
+  with _reserved_port() as reserved:
+    port = reserved.getsockname()[1]
+    with socket.socket() as other, pytest.raises(OSError):
+      other.bind(("127.0.0.1", port))
+    if hasattr(socket, "SO_REUSEPORT"):
+      with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        server.bind(("0.0.0.0", port))  # As the coordinator binds: every address.
+        server.listen()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+          pass
 
 
 def test_hosts_without_a_shared_data_dir_build_the_same_data_and_gather_features(tmp_path):

@@ -1,5 +1,6 @@
 """Deterministic in-memory training data: batch `step` is a pure function of (seed, step)."""
 
+import threading
 import time
 
 import jax
@@ -29,11 +30,20 @@ def local_slice(batch: dict) -> dict:
   return {k: v[start:start + n] for k, v in batch.items()}
 
 
-def iterator_fn(config, mesh, sleep_s: float = 0.0):
-  """train_iterator_fn(start_step) for train_and_evaluate; sleeps per batch when asked."""
+def iterator_fn(config, mesh, sleep_s: float = 0.0, hold_at: int | None = None,
+                release: threading.Event | None = None):
+  """train_iterator_fn(start_step) for train_and_evaluate; sleeps per batch when asked.
+
+  hold_at: the batch of that step is not given: the stream waits there until `release` is set
+  (then ends) or, without one, until the process is killed; a test can so stop a run after some
+  step without racing it to the end.
+  """
   def make(start_step):
     step = start_step
     while True:
+      if hold_at is not None and step >= hold_at:
+        (release or threading.Event()).wait()
+        return
       if sleep_s:
         time.sleep(sleep_s)
       yield sharding.shard_batch(mesh, local_slice(global_batch(config, step)))
