@@ -274,101 +274,20 @@ def _copy_model(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------ weights torch -> Flax
 
-# Where each torch module of UNetConditional lives in the Flax parameter tree ("/"-separated path).
-# Blocks: DoubleConv (in Down/Up: the residual block, then the plain one), SelfAttention, the
-# per-block embedding projection (emb_layer), the 1x1 output conv and the class embedding.
-FLAX_PATHS = {
-    "inc": "inc",
-    **{f"{d}.maxpool_conv.{i}": f"{d}_{n}" for d in ("down1", "down2", "down3")
-       for i, n in ((1, "res"), (2, "conv"))},
-    **{f"{u}.conv.{i}": f"{u}_{n}" for u in ("up1", "up2", "up3")
-       for i, n in ((0, "res"), (1, "conv"))},
-    **{f"{b}.emb_layer.1": f"{b}_emb" for b in ("down1", "down2", "down3", "up1", "up2", "up3")},
-    **{f"sa{i}": f"sa{i}" for i in range(1, 7)},
-    **{f"bot{i}": f"bot{i}" for i in range(1, 4)},
-    "outc": "outc",
-    "label_emb": "label_emb",
-}
-DOUBLE_CONV = {"double_conv.0": ("conv1", "conv"), "double_conv.1": ("norm1", "norm"),
-               "double_conv.3": ("conv2", "conv"), "double_conv.4": ("norm2", "norm")}
-ATTENTION = {"ln": ("ln", "norm"), "ff_self.0": ("ff_ln", "norm"), "ff_self.1": ("ff1", "dense"),
-             "ff_self.3": ("ff2", "dense")}
-
-
-def _conv(w: torch.Tensor) -> np.ndarray:
-  """Conv2d weight [out, in, kh, kw] -> Flax Conv kernel [kh, kw, in, out]."""
-  return w.detach().numpy().transpose(2, 3, 1, 0).copy()
-
-
-def _np(v: torch.Tensor) -> np.ndarray:
-  return v.detach().numpy().copy()
-
-
-def _layer(module_sd: dict, prefix: str, kind: str) -> dict:
-  """One torch layer (conv / norm / dense) as a Flax parameter dict."""
-  w = module_sd[f"{prefix}.weight"]
-  bias = module_sd.get(f"{prefix}.bias")
-  if kind == "conv":
-    out = {"kernel": _conv(w)}
-  elif kind == "norm":
-    out = {"scale": _np(w)}
-  else:
-    out = {"kernel": _np(w).T.copy()}
-  if bias is not None:
-    out["bias"] = _np(bias)
-  return out
-
-
-def _attention(sd: dict, heads: int) -> dict:
-  """nn.MultiheadAttention (packed in_proj) -> DenseGeneral query/key/value/out over heads."""
-  out = {name: _layer(sd, prefix, kind) for prefix, (name, kind) in ATTENTION.items()}
-  in_w, in_b = _np(sd["mha.in_proj_weight"]), _np(sd["mha.in_proj_bias"])
-  c = in_w.shape[1]
-  for i, name in enumerate(("query", "key", "value")):
-    w = in_w[i * c:(i + 1) * c]  # [out=c, in=c]; out splits into (heads, head_dim).
-    out[name] = {"kernel": w.T.reshape(c, heads, c // heads).copy(),
-                 "bias": in_b[i * c:(i + 1) * c].reshape(heads, c // heads).copy()}
-  out["out"] = {"kernel": _np(sd["mha.out_proj.weight"]).T.reshape(heads, c // heads, c).copy(),
-                "bias": _np(sd["mha.out_proj.bias"])}
-  return out
-
-
-def _set(tree: dict, path: str, value) -> None:
-  *parents, leaf = path.split("/")
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
-
-
 def to_flax_params(model: UNetConditional, paths: dict | None = None, heads: int = 4,
                    null_row: bool = True) -> dict:
   """The weights of `model` as the Flax parameter tree of the paper UNet (numpy arrays).
 
-  `paths` maps torch module names to Flax paths (default FLAX_PATHS). With `null_row`, the class
-  embedding gets a zero row for the null class: the Flax model's unconditional pass then equals
-  the torch model called with y=None (no class embedding added). The faithful Flax model
-  (model.faithful=True) has no null row and adds nothing for the null class: null_row=False.
+  The mapping is the package's torch-free one (solar_ddpm_jax.convert), checked here against
+  torch's forward pass. `paths` maps torch module names to Flax paths (default
+  convert.FLAX_PATHS). With `null_row`, the class embedding gets a zero row for the null class: the
+  Flax model's unconditional pass then equals the torch model called with y=None (no class
+  embedding added). The faithful Flax model (model.faithful=True) has no null row and adds
+  nothing for the null class: null_row=False.
   """
-  paths = FLAX_PATHS if paths is None else paths
-  sd = model.state_dict()
-  tree: dict = {}
-  for torch_name, flax_path in paths.items():
-    sub = {k[len(torch_name) + 1:]: v for k, v in sd.items() if k.startswith(torch_name + ".")}
-    if torch_name == "label_emb":
-      table = _np(sub["weight"])
-      if null_row:
-        table = np.concatenate([table, np.zeros_like(table[:1])])
-      _set(tree, flax_path, {"embedding": table})
-    elif torch_name.startswith("sa"):
-      _set(tree, flax_path, _attention(sub, heads))
-    elif torch_name == "outc":
-      _set(tree, flax_path, {"kernel": _conv(sub["weight"]), "bias": _np(sub["bias"])})
-    elif "emb_layer" in torch_name:
-      _set(tree, flax_path, {"kernel": _np(sub["weight"]).T.copy(), "bias": _np(sub["bias"])})
-    else:
-      _set(tree, flax_path, {name: _layer(sub, prefix, kind)
-                             for prefix, (name, kind) in DOUBLE_CONV.items()})
-  return tree
+  from solar_ddpm_jax import convert
+  sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+  return convert.to_flax_tree(sd, heads=heads, paths=paths, null_row=null_row)
 
 
 # ------------------------------------------------------------------ diffusers comparison
