@@ -170,6 +170,35 @@ def drop_labels(key, labels, probability: float, null_label: int, per_sample: bo
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def loss_weights(weighting: str, prediction: str, abar, gamma: float = 5.0):
+  """Per-sample loss weights over timesteps, as an eps-space loss weight min(SNR, gamma) / SNR.
+
+  SNR = abar / (1 - abar). "min_snr" is Hang et al. (2023), Min-SNR-gamma: the loss of a low-noise
+  step (large SNR) is capped so that easy steps do not dominate. The same weighting in the space of
+  the network's target: eps  min(SNR, g) / SNR;  x0  min(SNR, g);  v  min(SNR, g) / (SNR + 1).
+  "none" weights every sample 1.
+  """
+  if weighting == "none":
+    return jnp.ones_like(abar)
+  if weighting != "min_snr":
+    raise ValueError(f"Unknown diffusion.loss_weighting {weighting!r}: one of "
+                     f"{', '.join(LOSS_WEIGHTINGS)}.")
+  if not gamma > 0:
+    raise ValueError(f"diffusion.min_snr_gamma must be > 0, not {gamma}.")
+  snr = abar / (1.0 - abar)
+  capped = jnp.minimum(snr, gamma)
+  if prediction == "eps":
+    return capped / snr
+  if prediction == "x0":
+    return capped
+  if prediction == "v":
+    return capped / (snr + 1.0)
+  raise ValueError(f"Unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}.")
+
+
 def training_loss(apply_fn, params, schedule: Schedule, images, labels, key, *, diffusion_config,
                   num_classes: int, train: bool = True):
   """Mean loss and {"loss_per_sample" [B], "t" [B]} of one batch of images [B, H, W, C] in [-1, 1].
@@ -205,4 +234,8 @@ def training_loss(apply_fn, params, schedule: Schedule, images, labels, key, *, 
   else:
     raise ValueError(f"Unknown diffusion.loss {c.loss!r}: 'mse' or 'l1'.")
   per_sample = err.reshape(batch, -1).mean(axis=1)
+  if c.loss_weighting != "none":  # The logged per-sample loss stays unweighted.
+    weights = loss_weights(c.loss_weighting, c.prediction, abar.reshape(batch),
+                           float(c.min_snr_gamma))
+    return (weights * per_sample).mean(), {"loss_per_sample": per_sample, "t": t}
   return per_sample.mean(), {"loss_per_sample": per_sample, "t": t}

@@ -13,7 +13,7 @@ def _config(**overrides):
   c = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
       prediction="eps", loss="mse", label_dropout=0.1, per_sample_dropout=True,
-      faithful_timesteps=False))
+      faithful_timesteps=False, loss_weighting="none", min_snr_gamma=5.0))
   c.update(overrides)
   return c
 
@@ -187,3 +187,44 @@ def test_eps_loss_matches_an_independent_computation():
   expected = ((x_t - eps) ** 2).reshape(8, -1).mean(1)
   np.testing.assert_allclose(aux["loss_per_sample"], expected, rtol=1e-4)
   assert float(loss) == pytest.approx(expected.mean(), rel=1e-4)
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+def test_min_snr_weights_equal_the_eps_space_weight_in_every_target_space(prediction):
+  """A target's weighted squared error equals min(SNR, g)/SNR times the eps error's (numpy).
+
+  The errors come from one wrong eps at a fixed x_t, turned into each target with the textbook
+  formulas written here: the weighting is the same objective whatever the network predicts.
+  """
+  rng = np.random.default_rng(0)
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[[0, 10, 100, 500, 999]]
+  snr = abar / (1 - abar)
+  x0, eps = rng.normal(size=(2, 5))
+  x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+  eps_hat = eps + rng.normal(size=5)
+  x0_hat = (x_t - np.sqrt(1 - abar) * eps_hat) / np.sqrt(abar)
+  target = {"eps": lambda e, x: e, "x0": lambda e, x: x,
+            "v": lambda e, x: np.sqrt(abar) * e - np.sqrt(1 - abar) * x}[prediction]
+  err2 = (target(eps_hat, x0_hat) - target(eps, x0)) ** 2
+  w = np.asarray(diffusion.loss_weights("min_snr", prediction, jnp.asarray(abar, jnp.float32),
+                                        gamma=5.0), np.float64)
+  np.testing.assert_allclose(w * err2, np.minimum(snr, 5.0) / snr * (eps_hat - eps) ** 2,
+                             rtol=1e-3)  # float32 1 - abar near t = 0.
+  np.testing.assert_array_equal(diffusion.loss_weights("none", prediction, jnp.asarray(abar)), 1)
+
+
+def test_min_snr_loss_is_the_weighted_mean_of_the_per_sample_losses():
+  s = diffusion.make_schedule(_config(num_timesteps=50))
+  rng = np.random.default_rng(4)
+  images = jnp.asarray(rng.uniform(-1, 1, (16, 4, 4, 1)), jnp.float32)
+  cfg = _config(num_timesteps=50, label_dropout=0.0, loss_weighting="min_snr", min_snr_gamma=2.0)
+  loss, aux = diffusion.training_loss(_spy_apply({}, "x_t"), None, s, images,
+                                      jnp.zeros((16,), jnp.int32), jax.random.key(5),
+                                      diffusion_config=cfg, num_classes=5)
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 50))[np.asarray(aux["t"])]
+  snr = abar / (1 - abar)
+  expected = (np.minimum(snr, 2.0) / snr * np.asarray(aux["loss_per_sample"])).mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-4)
+  assert float(loss) < float(np.mean(aux["loss_per_sample"]))  # Easy steps were down-weighted.
+  with pytest.raises(ValueError, match="diffusion.loss_weighting 'snr'"):
+    diffusion.loss_weights("snr", "eps", jnp.ones(2) * 0.5)
