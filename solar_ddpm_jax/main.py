@@ -115,6 +115,10 @@ def main(argv):
 
 
 def run():
+  # --help lists the flags of the program that was started: under the `solar-ddpm` console script
+  # that is the script, not this module, so these flags are registered as the script's own too.
+  for name in ("config", "workdir", "mode"):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
   flags.mark_flags_as_required(["config"])
   app.run(main)
 

@@ -192,3 +192,15 @@ def test_no_dataset_to_read_or_build_is_a_settings_error(tmp_path):
   config.data.manual_dir = ""
   with pytest.raises(errors.SettingsError, match=r"Pass --config\.data\.manual_dir=FOLDER"):
     input_pipeline.build_dataset(config)
+
+
+def test_the_console_script_lists_the_flags_in_its_help(tmp_path):
+  """`solar-ddpm --help` (the pyproject entry point, a script calling main.run) names the flags;
+  absl lists only the started program's own flags, which for a script were none."""
+  script = tmp_path / "solar-ddpm"
+  script.write_text("from solar_ddpm_jax.main import run\nrun()\n")
+  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  proc = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  for flag in ("--config:", "--workdir:", "--mode:"):  # (absl's --help exits with status 1.)
+    assert flag in proc.stdout, proc.stdout
