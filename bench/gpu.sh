@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The GPU rows of the README's performance table, on one NVIDIA GPU (H100/H200 peaks are known).
+# The GPU rows of docs/performance.md, on one NVIDIA GPU (H100/H200 peaks are known).
 #
 #   bash bench/gpu.sh [PART ...]      PART: mfu (default first), fp32, sampling; "all" = all three
 #
 #   mfu       train step of `paper` and `res256` in bf16 at the presets' batch sizes (64, 32), with
 #             and without remat at 256 px, against the published torch network (float32, CUDA);
-#             model FLOPs, TFLOP/s and MFU (about 4 min on an H200, compiles included)
-#   fp32      the same JAX rows in float32 (TF32 tensor cores; about 2 min)
+#             model FLOPs, TFLOP/s and MFU (H200, 2026-12-04: `paper` alone 134 s with a 64-s compile;
+#             `paper,res256` together ran past 9.5 min: give res256 a call of its own)
+#   fp32      the same JAX rows in float32 (TF32 tensor cores; not yet timed)
 #   sampling  DDPM 1000, DDIM 50, DPM-Solver++ 20 with CFG (w = 3), batch 64 in bf16, against the
-#             published Python loop (about 3 min)
+#             published Python loop (not yet timed)
 #
 # Tables go to the terminal and to $OUT/gpu_<part>.md ($OUT defaults to bench/out). PRESETS, BATCH
 # (0: each preset's), SAMPLE_STEPS (0: full counts) and SAMPLE_BATCH override the sizes. Needs a
@@ -54,16 +55,21 @@ EOF
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total,power.limit \
   --format=csv 2>&1 | tee -a "$OUTDIR/gpu_env.txt"
 
-train() {  # train NAME ARGS...: bench_train rows; a JAX row that fails with cuDNN attention
-  local name=$1; shift  #   is run again with XLA's attention.
-  "$PY" bench/bench_train.py --presets "$PRESETS" --batch "$BATCH" --attention auto \
-    --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" 2>&1 \
-    | tee "$OUTDIR/gpu_$name.md"
-  if grep -q "| jax (auto.*| exit" "$OUTDIR/gpu_$name.md"; then
-    "$PY" bench/bench_train.py --presets "$PRESETS" --batch "$BATCH" --attention xla \
-      --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" --frameworks jax 2>&1 \
-      | tee -a "$OUTDIR/gpu_$name.md"
-  fi
+train() {  # train NAME ARGS...: bench_train rows, one preset at a time so that a part cut short
+  local name=$1; shift  #   keeps the presets it finished; a JAX row that fails with cuDNN
+  : > "$OUTDIR/gpu_$name.md"  #   attention is run again with XLA's attention.
+  local preset part_file
+  for preset in ${PRESETS//,/ }; do
+    part_file="$OUTDIR/gpu_${name}_$preset.md"
+    "$PY" bench/bench_train.py --presets "$preset" --batch "$BATCH" --attention auto \
+      --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" 2>&1 | tee "$part_file"
+    if grep -q "| jax (auto.*| exit" "$part_file"; then
+      "$PY" bench/bench_train.py --presets "$preset" --batch "$BATCH" --attention xla \
+        --cpu_convolutions eigen --threads "$THREADS" --timeout 300 "$@" --frameworks jax 2>&1 \
+        | tee -a "$part_file"
+    fi
+    cat "$part_file" >> "$OUTDIR/gpu_$name.md" && rm -f "$part_file"
+  done
 }
 
 parts=("$@")
