@@ -26,6 +26,9 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from solar_ddpm_jax.errors import NonFiniteError
 
 BEST_METRIC = "eval_loss"  # Metric that picks the best checkpoint (lower is better).
+# What to change after a non-finite loss or state (the training loop's stop and a refused save).
+NONFINITE_ADVICE = ("Lower training.learning_rate, keep training.grad_clip_norm > 0, or use "
+                    "model.dtype='float32', then rerun to resume.")
 
 
 def _best_metric(metrics) -> float:
@@ -135,8 +138,7 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
     raise NonFiniteError(
         f"The training state of step {step} is not finite (NaN or Inf in its "
         f"{_nonfinite_parts(state)}): not saved. "
-        f"{last_good_checkpoint(manager)}. Lower training.learning_rate, keep "
-        "training.grad_clip_norm > 0, or use model.dtype='float32', then rerun to resume.")
+        f"{last_good_checkpoint(manager)}. {NONFINITE_ADVICE}")
   data = {"step": step, "data_seed": int(data_seed)}
   if batch_size is not None:
     data["batch_size"] = int(batch_size)

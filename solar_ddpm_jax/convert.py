@@ -197,13 +197,6 @@ def _attention(sd: dict, heads: int) -> dict:
   return out
 
 
-def _set(tree: dict, path: str, value) -> None:
-  *parents, leaf = path.split("/")
-  for p in parents:
-    tree = tree.setdefault(p, {})
-  tree[leaf] = value
-
-
 def to_flax_tree(state_dict: dict, heads: int = PUBLISHED_HEADS, paths: dict | None = None,
                  null_row: bool = False) -> dict:
   """A published state dict {torch name: numpy array} as the Flax paper UNet's parameter tree.
@@ -214,7 +207,7 @@ def to_flax_tree(state_dict: dict, heads: int = PUBLISHED_HEADS, paths: dict | N
   the published code, adds no class embedding for the unconditional pass: no null row.
   """
   paths = FLAX_PATHS if paths is None else paths
-  tree: dict = {}
+  blocks: dict = {}  # "/"-separated Flax path -> that block's parameters.
   for torch_name, flax_path in paths.items():
     sub = {k[len(torch_name) + 1:]: v for k, v in state_dict.items()
            if k.startswith(torch_name + ".")}
@@ -224,19 +217,19 @@ def to_flax_tree(state_dict: dict, heads: int = PUBLISHED_HEADS, paths: dict | N
       table = np.array(sub["weight"])
       if null_row:
         table = np.concatenate([table, np.zeros_like(table[:1])])
-      _set(tree, flax_path, {"embedding": table})
+      blocks[flax_path] = {"embedding": table}
     elif torch_name.startswith("sa"):
-      _set(tree, flax_path, _attention(sub, heads))
+      blocks[flax_path] = _attention(sub, heads)
     elif torch_name == "outc":
-      _set(tree, flax_path, {"kernel": _conv(np.asarray(sub["weight"])),
-                             "bias": np.array(sub["bias"])})
+      blocks[flax_path] = {"kernel": _conv(np.asarray(sub["weight"])),
+                           "bias": np.array(sub["bias"])}
     elif "emb_layer" in torch_name:
-      _set(tree, flax_path, {"kernel": _dense(np.asarray(sub["weight"])),
-                             "bias": np.array(sub["bias"])})
+      blocks[flax_path] = {"kernel": _dense(np.asarray(sub["weight"])),
+                           "bias": np.array(sub["bias"])}
     else:
-      _set(tree, flax_path, {name: _layer(sub, prefix, kind)
-                             for prefix, (name, kind) in DOUBLE_CONV.items()})
-  return tree
+      blocks[flax_path] = {name: _layer(sub, prefix, kind)
+                           for prefix, (name, kind) in DOUBLE_CONV.items()}
+  return weights.unflatten(blocks)
 
 
 # ------------------------------------------------------------------ reading a checkpoint

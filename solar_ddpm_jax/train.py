@@ -146,8 +146,7 @@ def check_finite(per_step: list[dict], first_step: int, manager) -> None:
       raise NonFiniteError(
           f"Non-finite training loss {float(loss)} (gradient norm {float(grad_norm)}) at step "
           f"{first_step + i + 1}. Stopped. {checkpointing.last_good_checkpoint(manager)}. "
-          "Lower training.learning_rate, keep training.grad_clip_norm > 0, or use "
-          "model.dtype='float32', then rerun to resume.")
+          f"{checkpointing.NONFINITE_ADVICE}")
 
 
 def close_manager(manager, *, collective: bool = True) -> None:
