@@ -65,7 +65,7 @@ def _tree_sha256(path: str) -> str:
 
 
 def _encoder_extractor(file: str) -> features_lib.Extractor:
-  with np.load(file) as z:
+  with np.load(file, allow_pickle=False) as z:
     flat = {k: np.asarray(z[k]) for k in z.files}
   widths = tuple(int(w) for w in flat.pop("meta/widths"))
   feature_dim = int(flat.pop("meta/feature_dim"))

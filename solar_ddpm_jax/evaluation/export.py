@@ -31,7 +31,7 @@ def load_samples(path: str, config=None) -> tuple[np.ndarray, np.ndarray, dict]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"samples file {path!r} does not exist "
                             "(config.evaluation.samples_npz).")
-  with np.load(path) as z:
+  with np.load(path, allow_pickle=False) as z:
     if "images" not in z.files or "labels" not in z.files:
       raise KeyError(f"{path} must hold 'images' [N,H,W,C] in [-1,1] and 'labels' [N]; "
                      f"it has {z.files}.")
@@ -90,7 +90,7 @@ def save_features(path: str, feats, labels, extractor: features_lib.Extractor, *
 
 def load_features(path: str) -> dict:
   """A feature file as {features, labels, and the settings as Python values}."""
-  with np.load(path) as z:
+  with np.load(path, allow_pickle=False) as z:
     out = {k: z[k] for k in z.files}
   for k in ("extractor", "weights", "weights_sha256", "preprocessing", "source", "image_shape"):
     out[k] = str(out[k])
