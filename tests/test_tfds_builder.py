@@ -511,3 +511,36 @@ def test_skip_manifest_names_files_relative_to_manual_dir(tmp_path):
   aia_builder.write_manifest(str(tmp_path), rows, dict(aia_builder.DEFAULT_SETTINGS))
   assert aia_builder.read_manifest(str(tmp_path)) == [
       {"file": "a/x.fits", "reason": "r1"}, {"file": "b/x.fits", "reason": "r1; r2"}]
+
+
+def test_manual_dir_as_an_fsspec_url_builds_the_same_dataset(tmp_path):
+  """FITS and GOES files read through fsspec ("memory://", "file://") by the build itself."""
+  import fsspec
+  manual = tmp_path / "manual"
+  os.makedirs(manual / "goes")
+  os.makedirs(manual / "aia")
+  shutil.copy(GO15, manual / "goes")
+  _shifted_copy(manual / "aia" / "good.fits", IMAGE_TIME)
+  _shifted_copy(manual / "aia" / "truncated.fits", "2011-06-07T06:00:00.000")
+  raw = (manual / "aia" / "truncated.fits").read_bytes()
+  (manual / "aia" / "truncated.fits").write_bytes(raw[: len(raw) // 2])
+  config = _data_config()
+  config.num_workers, config.cache_dir = 1, "off"
+  local = _build(config, manual, tmp_path / "tfds")
+  fs = fsspec.filesystem("memory")
+  for file in sorted(p for p in manual.rglob("*") if p.is_file()):
+    fs.pipe(f"/fits_test/{file.relative_to(manual)}", file.read_bytes())
+  try:
+    for url, data_dir in (("memory://fits_test", "tfds_memory"),
+                          (f"file://{manual}", "tfds_file")):
+      b = _build(config, url, tmp_path / data_dir)
+      got = list(tfds.as_numpy(b.as_dataset(split="train")))
+      want = list(tfds.as_numpy(local.as_dataset(split="train")))
+      assert len(got) == len(want) == 1
+      np.testing.assert_array_equal(got[0]["image"], want[0]["image"])
+      assert got[0]["source_file"] == b"good.fits" and got[0]["flare_class"] == 3
+      assert aia_builder.read_manifest(b) == aia_builder.read_manifest(local) == [
+          {"file": "aia/truncated.fits", "reason": aia_builder.read_manifest(local)[0]["reason"]}]
+      assert aia_builder.read_manifest(b)[0]["reason"].startswith("unreadable")
+  finally:
+    fs.rm("/fits_test", recursive=True)

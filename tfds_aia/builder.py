@@ -7,7 +7,13 @@ manual_dir holds AIA level-1 FITS files (any sub-folders; *.fits, *.fits.gz, *.f
 files (go1[0-5]*.fits[.gz], *xrs*.nc). One BuilderConfig per resolution and channel set,
 "res{R}_{w1}_{w2}..." (res64_171). Keys are the observation time and channels, never paths.
 Files that cannot be used are listed with the reason in <dataset dir>/skipped.json, one row per
-file, named by its path relative to manual_dir (`write_manifest`).
+file, named by its path relative to manual_dir (`write_manifest`). manual_dir may be an fsspec URL
+("s3://bucket/archive", "file:///data/archive"), read by the workers themselves.
+
+With data.source="sdoml" the AIA frames come from an SDOML v2 zarr store instead
+(data.sdoml_store, tfds_aia.sdoml) and manual_dir holds the GOES XRS files only. Both sources go
+through tfds_aia.labelling (channel pairing, GOES labels, HEK selection, splits), so their labels
+and skip reasons follow the same rules.
 
 Three ways to run the same build, with the same records and skip manifest:
   - one process (num_workers=1);
@@ -41,7 +47,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, preprocess, splits
+from tfds_aia import FLARE_CLASSES, cache, fits_io, frames, goes, hek, labelling, preprocess, sdoml
 
 SKIP_MANIFEST = "skipped.json"
 SETTINGS_FILE = "build_settings.json"
@@ -50,6 +56,11 @@ BEAM_FILE_PREFIX = "aia_flares_beam_"  # Work lists and reports of a Beam build 
 AIA_PATTERNS = ("*.fits", "*.fits.gz", "*.fts", "*.fit", "*.fts.gz")
 GOES_PATTERNS = ("go[01][0-9]*.fits", "go[01][0-9]*.fits.gz", "*xrs*.nc", "g1[0-9]_xrs*.nc")
 
+# Frames from an SDOML v2 store (data.source="sdoml", tfds_aia.sdoml): frame_source is "sdoml"
+# there, "fits" otherwise; the frames of [sdoml_start, sdoml_end) (ISO UTC, "": the store's
+# ends), one per sdoml_cadence_minutes of the first channel (0: every frame).
+SDOML_SETTINGS = dict(frame_source="fits", sdoml_start="", sdoml_end="",
+                      sdoml_cadence_minutes=0.0)
 # Settings taken from config.data (defaults = configs/aia171.py); they change the output bytes.
 DEFAULT_SETTINGS = dict(
     downsample="sum", dn_ceiling=(3000.0,), stretch="log", asinh_a=0.01, register=False,
@@ -63,21 +74,30 @@ DEFAULT_SETTINGS = dict(
 # away from their defaults, so that a dataset built before them keeps its fingerprint (the records
 # of its frames that pass the checks are the same bytes); its build_settings.json lacks them.
 LATER_SETTINGS = tuple(preprocess.PIXEL_CHECK_DEFAULTS)
-# Settings that change how, not what, is built (left out of the fingerprint).
-RUNTIME_SETTINGS = dict(num_workers=0, max_in_flight=4, cache_dir="", beam_pipeline_options="")
+# The same for the SDOML settings, which builds from FITS files do not have (settings_from_config
+# adds them for data.source="sdoml" only): a dataset built from FITS files keeps its fingerprint.
+_AT_DEFAULT_LEFT_OUT = LATER_SETTINGS + tuple(SDOML_SETTINGS)
+_ALL_DEFAULTS = {**DEFAULT_SETTINGS, **SDOML_SETTINGS}
+# Settings that change how, not what, is built (left out of the fingerprint). The SDOML store is
+# where the frames are read from, as manual_dir is for FITS files: a local copy of the public
+# store builds the same dataset.
+RUNTIME_SETTINGS = dict(num_workers=0, max_in_flight=4, cache_dir="", beam_pipeline_options="",
+                        sdoml_store="")
 
 
 def settings_fingerprint(settings: dict) -> str:
-  """Short hash of the build settings (cache.settings_fingerprint), without LATER_SETTINGS that
-  keep their defaults."""
+  """Short hash of the build settings (cache.settings_fingerprint), without LATER_SETTINGS and
+  SDOML_SETTINGS that keep their defaults."""
   return cache.settings_fingerprint({
       k: v for k, v in settings.items()
-      if not (k in LATER_SETTINGS and _same_setting(v, DEFAULT_SETTINGS[k]))})
+      if not (k in _AT_DEFAULT_LEFT_OUT and _same_setting(v, _ALL_DEFAULTS[k]))})
 
 
 def _same_setting(value, default) -> bool:
   if isinstance(default, tuple):
     return tuple(float(v) for v in np.ravel(value)) == tuple(float(v) for v in default)
+  if isinstance(default, str):
+    return str(value) == default
   return float(value) == float(default)
 
 
@@ -101,7 +121,8 @@ def _config(resolution, channels) -> AiaFlaresConfig:
 
 
 def settings_from_config(data_config) -> dict:
-  """The builder settings of a config.data group (missing fields take the defaults)."""
+  """The builder settings of a config.data group (missing fields take the defaults; the
+  SDOML_SETTINGS with data.source="sdoml" only)."""
   out = {}
   for key, default in DEFAULT_SETTINGS.items():
     value = data_config.get(key, default) if hasattr(data_config, "get") else default
@@ -110,11 +131,10 @@ def settings_from_config(data_config) -> dict:
     if key == "max_disc_median_dn_s":  # One float per channel, or one for all.
       value = tuple(float(v) for v in np.ravel(value))
     out[key] = tuple(value) if isinstance(default, tuple) else type(default)(value)
+  if hasattr(data_config, "get") and data_config.get("source", "manual") == "sdoml":
+    for key, default in SDOML_SETTINGS.items():
+      out[key] = "sdoml" if key == "frame_source" else type(default)(data_config.get(key, default))
   return out
-
-
-def _iso(t: float) -> str:
-  return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
 
 
 # An absolute path of two or more parts (not "DN/s": a slash after a letter does not start one).
@@ -123,8 +143,12 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.@+~-]+/)+([\w.@+~-]*)")
 
 def manifest_file(path: str, manual_dir: str) -> str:
   """A file's name in the skip manifest: its path relative to manual_dir, in posix form (the
-  name alone for a file outside it)."""
-  path = os.path.abspath(os.fspath(path))
+  name alone for a file outside it); for a manual_dir URL, the part of the file's URL after it."""
+  path = os.fspath(path)
+  if sdoml.is_url(path) or sdoml.is_url(manual_dir):
+    root = manual_dir.rstrip("/") + "/"
+    return path[len(root):] if path.startswith(root) else path.rsplit("/", 1)[-1]
+  path = os.path.abspath(path)
   if not manual_dir:
     return os.path.basename(path)
   for root in dict.fromkeys((os.path.abspath(manual_dir), os.path.realpath(manual_dir))):
@@ -137,23 +161,37 @@ def manifest_file(path: str, manual_dir: str) -> str:
 def manifest_reason(reason: str, manual_dir: str) -> str:
   """A skip reason without absolute paths: files under manual_dir by their relative path, any
   other absolute path by its last part."""
-  roots = {os.path.abspath(manual_dir), os.path.realpath(manual_dir)} if manual_dir else set()
+  if sdoml.is_url(manual_dir):
+    roots = {manual_dir.rstrip("/")}
+  else:
+    roots = {os.path.abspath(manual_dir), os.path.realpath(manual_dir)} if manual_dir else set()
   for root in sorted(roots, key=len, reverse=True):
-    reason = reason.replace(root + os.sep, "")
+    reason = reason.replace(root + ("/" if sdoml.is_url(root) else os.sep), "")
   return _ABSOLUTE_PATH.sub(r"\1", reason)
 
 
+def _walk_files(folder: str):
+  """Every file under a folder, or under an fsspec URL ("s3://bucket/aia", "file:///data")."""
+  if not sdoml.is_url(folder):
+    for root, _, names in os.walk(folder):
+      yield from (os.path.join(root, name) for name in names)
+    return
+  import fsspec
+  fs, root = fsspec.core.url_to_fs(folder, **sdoml.storage_options(folder))
+  protocol = folder.split("://", 1)[0]
+  for path in fs.find(root):
+    yield f"{protocol}://{path.lstrip('/')}" if protocol != "file" else f"file://{path}"
+
+
 def find_files(manual_dir: str) -> tuple[list[str], list[str]]:
-  """(AIA FITS paths, GOES XRS paths) under manual_dir, sorted."""
+  """(AIA FITS paths, GOES XRS paths) under manual_dir (a folder or an fsspec URL), sorted."""
   aia, goes_files = [], []
-  for root, _, names in os.walk(manual_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      lower = name.lower()
-      if any(fnmatch.fnmatch(lower, p) for p in GOES_PATTERNS):
-        goes_files.append(path)
-      elif any(fnmatch.fnmatch(lower, p) for p in AIA_PATTERNS):
-        aia.append(path)
+  for path in _walk_files(manual_dir):
+    lower = path.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1].lower()
+    if any(fnmatch.fnmatch(lower, p) for p in GOES_PATTERNS):
+      goes_files.append(path)
+    elif any(fnmatch.fnmatch(lower, p) for p in AIA_PATTERNS):
+      aia.append(path)
   return sorted(aia), sorted(goes_files)
 
 
@@ -177,9 +215,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
 
   def __init__(self, *, settings: dict | None = None, runtime: dict | None = None, **kwargs):
-    self.settings = {**DEFAULT_SETTINGS, **RUNTIME_SETTINGS, **(settings or {}), **(runtime or {})}
+    self.settings = {**_ALL_DEFAULTS, **RUNTIME_SETTINGS, **(settings or {}),
+                     **(runtime or {})}
     self.skipped: list[dict] = []
     self._manual_dir = ""  # manual_dir of the running build (skip rows are relative to it).
+    self._manual_url = ""  # manual_dir when it is an fsspec URL (TFDS takes local paths only).
     self.decoded_files: list[str] = []  # FITS files decoded by the last build (not from the cache).
     self._pool = None  # The build's process pool, while one runs.
     self._beam = False  # Whether this build runs on Apache Beam.
@@ -208,8 +248,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _skip(self, path: str, reason: str) -> None:
-    self.skipped.append({"file": manifest_file(str(path), self._manual_dir),
-                         "reason": manifest_reason(reason, self._manual_dir)})
+    """A skip manifest row: a file by its path relative to manual_dir; an SDOML frame or array by
+    its name in the store ("2011/171A/37")."""
+    sdoml_frame = (self.settings["frame_source"] == "sdoml"
+                   and sdoml.FRAME_NAME.fullmatch(str(path)) is not None)
+    self.skipped.append({
+        "file": str(path) if sdoml_frame else manifest_file(str(path), self._manual_dir),
+        "reason": manifest_reason(reason, self._manual_dir)})
 
   def _frames(self, aia_paths: list[str]) -> list[fits_io.AiaHeader]:
     """Valid headers of the configured channels (others go to the skip manifest)."""
@@ -232,42 +277,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       headers.append(header)
     return headers
 
-  def _group_channels(self, headers):
-    """[(time, [[header of each copy] per channel])]: each frame of the first channel (all its
-    copies: files of the same observation time) with the copies of the nearest frame of every
-    other channel within channel_match_s. Which copy is used is decided when the pixels are read
-    (frames.preprocess_frame): a damaged copy does not lose the frame."""
-    channels = self.builder_config.channels
-    by_channel = {w: sorted((h for h in headers if h.wavelength == w), key=lambda h: h.time_unix_s)
-                  for w in channels}
-    copies = collections.defaultdict(list)  # Copies of the first channel's frames, in path order.
-    for h in by_channel[channels[0]]:
-      copies[h.time_unix_s].append(h)
-    groups = []
-    for time_unix_s, anchors in copies.items():
-      members = [anchors]
-      for w in channels[1:]:
-        near = [h for h in by_channel[w]
-                if abs(h.time_unix_s - time_unix_s) <= self.settings["channel_match_s"]]
-        if not near:
-          for anchor in anchors:
-            self._skip(anchor.path,
-                       f"no {w} A frame within {self.settings['channel_match_s']:g} s")
-          break
-        nearest = min(near, key=lambda h: abs(h.time_unix_s - time_unix_s)).time_unix_s
-        members.append([h for h in near if h.time_unix_s == nearest])
-      else:
-        groups.append((time_unix_s, members))
-    return groups
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
+    manual_dir = self._manual_url or os.fspath(dl_manager.manual_dir)
     self._manual_dir = manual_dir
     limits = np.ravel(self.settings["max_disc_median_dn_s"])
     if len(limits) not in (1, len(self.builder_config.channels)):
       raise ValueError(f"data.max_disc_median_dn_s has {len(limits)} values for the channels "
                        f"{self.builder_config.channels}: give one for all, or one per channel.")
-    if self.settings["degradation_table"]:  # Unreadable: stop before reading any frame.
+    sdoml_build = self.settings["frame_source"] == "sdoml"
+    if sdoml_build:
+      self._check_sdoml_settings()
+    elif self.settings["degradation_table"]:  # Unreadable: stop before reading any frame.
       table_path = self.settings["degradation_table"]
       if not os.path.isfile(table_path):
         raise FileNotFoundError(f"data.degradation_table={table_path} does not exist.")
@@ -278,57 +298,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raise ValueError(f"data.degradation_table={table_path} has no entries for the "
                          f"channel(s) {missing} A of this dataset.")
     aia_paths, goes_paths = find_files(manual_dir)
-    for kind, found in (("AIA FITS", aia_paths), ("GOES XRS", goes_paths)):
+    kinds = (("GOES XRS", goes_paths),) if sdoml_build else (
+        ("AIA FITS", aia_paths), ("GOES XRS", goes_paths))
+    for kind, found in kinds:
       if not found:
         raise FileNotFoundError(f"No {kind} files under {manual_dir}."
                                 f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    # Locally the pool preprocesses the frames too; on Beam it reads headers only (~ms each).
-    self._start_pool(len(aia_paths), min_files_per_worker=500 if self._beam else 4)
     s = self.settings
-    flux_parts = []
-    for path in goes_paths:
-      try:
-        part = goes.read_goes_file(path, s["goes_scaling"])
-      except Exception as e:
-        self._skip(path, f"unreadable GOES XRS file ({fits_io.describe(e, path)})")
-        continue
-      if not len(part):
-        self._skip(path, "GOES XRS file without a valid 1-8 A sample (all flagged bad, missing "
-                   "or not positive)")
-      flux_parts.append(part)
-    if not sum(len(p) for p in flux_parts):
-      raise ValueError(
-          f"None of the {len(goes_paths)} GOES XRS files under {manual_dir} has a valid 1-8 A "
-          "sample, so no image can be labelled (unreadable, or every sample flagged bad); add "
-          "GOES XRS files that cover the AIA times (python -m tfds_aia.fetch).")
-    prefer = [x.strip() for x in s["goes_satellites"].split(",") if x.strip()]
-    xrs = goes.merge(flux_parts, prefer=prefer)
+    xrs, goes_skips = labelling.goes_series(goes_paths, s, where=manual_dir)
+    for path, reason in goes_skips:
+      self._skip(path, reason)
     events = hek.load_events(s["hek_events"]) if s["hek_events"] else None
-    hek_factor = goes.policy_factor(s["hek_scaling"], s["goes_scaling"])
-    items = []
-    for time_unix_s, members in self._group_channels(self._frames(aia_paths)):
-      try:
-        label = goes.label_image(xrs, time_unix_s, tolerance_s=s["goes_tolerance_s"],
-                                 forecast_window_s=s["forecast_window_hours"] * 3600.0)
-      except goes.GoesGapError as e:
-        self._skip_copies(members, f"{e} ({_iso(time_unix_s)})")
-        continue
-      if events is not None and label.flare_class >= goes.class_index(s["hek_min_class"]):
-        if not hek.near_flare_peak(time_unix_s, events, s["hek_window_minutes"],
-                                   s["hek_min_class"], hek_factor)[0]:
-          self._skip_copies(members, f"{FLARE_CLASSES[label.flare_class]}-class flux but no HEK "
-                            f"flare peak within {s['hek_window_minutes']:g} min")
-          continue
-      items.append((time_unix_s, members, label))
-    names = splits.assign_splits([t for t, _, _ in items], s["train_end"], s["val_end"],
-                                 s["split_gap_hours"])
-    for (t, members, _), name in zip(items, names, strict=True):
-      if not name:
-        self._skip_copies(members, f"within {s['split_gap_hours']:g} h of a split boundary "
-                          f"({_iso(t)})")
+    if sdoml_build:
+      headers = self._sdoml_frames()
+    else:
+      # Locally the pool preprocesses the frames too; on Beam it reads headers only (~ms each).
+      self._start_pool(len(aia_paths), min_files_per_worker=500 if self._beam else 4)
+      headers = self._frames(aia_paths)
+    groups, skips = labelling.group_channels(headers, self.builder_config.channels,
+                                             s["channel_match_s"])
+    items, label_skips = labelling.label_groups(groups, xrs, events, s)
+    by_split, split_skips = labelling.split_items(items, s)
+    for members, reason in skips + label_skips + split_skips:
+      self._skip_copies(members, reason)
     # TFDS cannot write an empty split: splits without frames are left out (and logged).
-    by_split = {split: [it for it, n in zip(items, names, strict=True) if n == split]
-                for split in splits.SPLITS}
     empty = [split for split, members in by_split.items() if not members]
     if empty:
       logging.warning("No frames for split(s) %s: they are left out.", empty)
@@ -336,6 +329,52 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       self._stop_pool()  # Beam's workers preprocess the frames.
     return {split: self._generate_examples(members, split) for split, members in by_split.items()
             if members}
+
+  def _check_sdoml_settings(self) -> None:
+    """Settings an SDOML build cannot honour stop it before any read."""
+    s = self.settings
+    if not s["sdoml_store"]:
+      raise ValueError("data.source='sdoml' needs data.sdoml_store: the root of an SDOML v2 zarr "
+                       "store (a folder, or a URL such as s3://gov-nasa-hdrl-data1/contrib/"
+                       "fdl-sdoml/fdl-sdoml-v2/sdomlv2.zarr).")
+    if s["degradation_table"]:
+      raise ValueError(f"data.degradation_table={s['degradation_table']}: SDOML frames are "
+                       "already corrected for degradation (their DEG_COR attribute); leave "
+                       "data.degradation_table empty with data.source='sdoml'.")
+    if s["register"]:
+      raise ValueError("data.register=True: SDOML frames are already rescaled to a fixed solar "
+                       "radius and centred; set data.register=False with data.source='sdoml'.")
+    if self._beam:
+      raise ValueError("data.source='sdoml' builds run in one process or the process pool, not on "
+                       "Apache Beam: leave data.beam_pipeline_options empty.")
+
+  def _sdoml_frames(self) -> list[fits_io.AiaHeader]:
+    """The store's frames of the configured channels and time range, at data.sdoml_cadence_minutes
+    (first channel), that pass the header checks (others go to the skip manifest)."""
+    s, cfg = self.settings, self.builder_config
+    headers, skips, _ = sdoml.read_index(s["sdoml_store"], cfg.channels, s["sdoml_start"],
+                                         s["sdoml_end"])
+    for path, reason in skips:
+      self._skip(path, reason)
+    shapes = sorted({h.shape for h in headers})
+    if shapes and all(shape[0] != int(s["frame_px"]) for shape in shapes):
+      raise ValueError(f"data.sdoml_store={s['sdoml_store']} holds frames of {shapes[0][0]}x"
+                       f"{shapes[0][1]} px, data.frame_px={s['frame_px']}: set "
+                       f"--config.data.frame_px={shapes[0][0]} (the clip ceiling and the inverse "
+                       "to DN/s depend on it).")
+    headers = sdoml.select_cadence(headers, cfg.channels[0], s["sdoml_cadence_minutes"],
+                                   s["sdoml_start"])
+    kept = []
+    for header in headers:
+      try:
+        fits_io.check(header, channels=cfg.channels, resolution=cfg.resolution,
+                      downsample=s["downsample"], frame_px=int(s["frame_px"]),
+                      allowed_quality=int(s["allowed_quality"]))
+      except fits_io.BadFileError as e:
+        self._skip(e.path, e.reason)
+        continue
+      kept.append(header)
+    return kept
 
   def _skip_copies(self, members, reason: str) -> None:
     """A frame left out before its pixels are read: every copy of its first channel."""
@@ -408,15 +447,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return self._local_examples(items)
 
   def _local_examples(self, items):
-    args = (self.settings, self.builder_config.resolution, self._cache_dir())
-    results = self._in_order(frames.preprocess_frame, [members for _, members, _ in items], args,
-                             in_flight=max(int(self.settings["max_in_flight"]), 1))
+    in_flight = max(int(self.settings["max_in_flight"]), 1)
+    if self.settings["frame_source"] == "sdoml":  # A batch of frames per call (chunked reads).
+      batches = [[members for _, members, _ in items[i:i + sdoml.BATCH_FRAMES]]
+                 for i in range(0, len(items), sdoml.BATCH_FRAMES)]
+      self._start_pool(len(batches), min_files_per_worker=2)
+      args = (self.settings["sdoml_store"], self.settings, self.builder_config.resolution)
+      results = (r for batch in self._in_order(sdoml.preprocess_batch, batches, args, in_flight)
+                 for r in batch)
+    else:
+      args = (self.settings, self.builder_config.resolution, self._cache_dir())
+      results = self._in_order(frames.preprocess_frame, [members for _, members, _ in items],
+                               args, in_flight=in_flight)
     for (t, _, label), (image, skips, decoded, kept) in zip(items, results, strict=True):
       self.decoded_files.extend(decoded)
       for path, reason in skips:
         self._skip(path, reason)
       if image is not None:
-        yield example_of((t, kept, label), image)
+        yield example_of((t, kept, label), image,
+                         frame_names=self.settings["frame_source"] == "sdoml")
 
   def _beam_examples(self, items, split: str):
     """A PTransform: work list -> preprocessed frames -> examples. The work list is a JSON-lines
@@ -465,14 +514,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if self._beam:
       self._read_beam_reports()
     self.decoded_files = sorted(set(self.decoded_files))  # A file of two frames counts once.
-    logging.info("%s: %d FITS files decoded (others from the build cache: %s); %d skip records.",
-                 self.info.full_name, len(self.decoded_files), self._cache_dir() or "(off)",
-                 len(self.skipped))
-    write_manifest(self.data_dir, self.skipped, {k: self.settings[k] for k in DEFAULT_SETTINGS})
+    if self.settings["frame_source"] == "sdoml":
+      logging.info("%s: frames read from the SDOML store %s; %d skip records.",
+                   self.info.full_name, self.settings["sdoml_store"], len(self.skipped))
+    else:
+      logging.info("%s: %d FITS files decoded (others from the build cache: %s); %d skip "
+                   "records.", self.info.full_name, len(self.decoded_files),
+                   self._cache_dir() or "(off)", len(self.skipped))
+    keys = _ALL_DEFAULTS if self.settings["frame_source"] == "sdoml" else DEFAULT_SETTINGS
+    write_manifest(self.data_dir, self.skipped, {k: self.settings[k] for k in keys})
 
 
-def example_of(item, image: np.ndarray) -> tuple[str, dict]:
-  """(key, features) of one frame: the key is its time and channels, never a path."""
+def example_of(item, image: np.ndarray, frame_names: bool = False) -> tuple[str, dict]:
+  """(key, features) of one frame: the key is its time and channels, never a path. source_file
+  names the files (their names), or with `frame_names` the SDOML frames ("2011/171A/37")."""
   time_unix_s, members, label = item
   key = dt.datetime.fromtimestamp(time_unix_s, dt.UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
   key += "_" + "_".join(str(h.wavelength) for h in members)
@@ -486,7 +541,8 @@ def example_of(item, image: np.ndarray) -> tuple[str, dict]:
       "time_unix_s": np.float64(time_unix_s),
       "satellite": label.satellite,
       "scaling_policy": label.policy,
-      "source_file": ",".join(os.path.basename(h.path) for h in members),
+      "source_file": ",".join(h.path if frame_names else os.path.basename(h.path)
+                              for h in members),
   }
 
 
@@ -572,7 +628,10 @@ def build(builder: Builder, manual_dir: str, *, beam_runner=None, beam_options=N
     beam_options = beam_options_from_string(beam_options)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  manual_dir = os.fspath(manual_dir)
+  builder._manual_url = manual_dir if sdoml.is_url(manual_dir) else ""  # noqa: SLF001
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False, download_mode=mode,
+      manual_dir=None if builder._manual_url else manual_dir,  # noqa: SLF001
+      try_download_gcs=False, download_mode=mode,
       beam_runner=beam_runner, beam_options=beam_options))
   return builder

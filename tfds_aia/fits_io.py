@@ -6,6 +6,7 @@ records it in the skip manifest and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gzip
@@ -140,11 +141,24 @@ def check(header: AiaHeader, *, channels, resolution: int, downsample: str = "su
                        f"{resolution} (block sums need whole blocks; use downsample='resize')")
 
 
+@contextlib.contextmanager
+def _opened(path: str):
+  """The path itself, or for an fsspec URL ("s3://...", "file://...") its file, open while the
+  context lasts."""
+  if "://" not in str(path):
+    yield path
+    return
+  import fsspec
+  with fsspec.open(str(path), "rb") as f:
+    yield f
+
+
 def read_header(path: str) -> AiaHeader:
-  """Header fields of an AIA FITS file without reading its pixels."""
+  """Header fields of an AIA FITS file (a path or an fsspec URL) without reading its pixels."""
   from astropy.io import fits
   try:
-    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+    with _opened(path) as source, warnings.catch_warnings(), \
+        fits.open(source, memmap=False) as hdul:
       warnings.simplefilter("ignore")
       hdu = _image_hdu(hdul)
       if hdu is None:
@@ -159,8 +173,13 @@ def read_header(path: str) -> AiaHeader:
 
 
 def read_bytes(path: str) -> bytes:
-  """The bytes of a file (read once, then hashed and decoded from memory)."""
+  """The bytes of a file, a path or an fsspec URL (read once, then hashed and decoded from
+  memory)."""
   try:
+    if "://" in str(path):
+      import fsspec
+      with fsspec.open(str(path), "rb") as f:
+        return f.read()
     with open(path, "rb") as f:
       return f.read()
   except OSError as e:

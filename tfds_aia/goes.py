@@ -142,8 +142,19 @@ def read_goes_file(path: str, policy: str = "science") -> GoesFlux:
   """One GOES XRS file (GOES-13/14/15 FITS or netCDF, GOES-16+ netCDF) via sunpy's TimeSeries.
 
   Keeps the 1-8 A channel (xrsb) where it is finite, positive and (when the file has flags) good
-  by the file's own definition of good data (good_data_mask); scales it to `policy`.
+  by the file's own definition of good data (good_data_mask); scales it to `policy`. A file given
+  as an fsspec URL ("s3://...", "memory://...") is read from a temporary local copy of the same
+  name (sunpy reads local files; the name tells the file's flux scale).
   """
+  if "://" in str(path):
+    import tempfile
+
+    import fsspec
+    with tempfile.TemporaryDirectory(prefix="goes_xrs_") as folder:
+      local = os.path.join(folder, str(path).rsplit("/", 1)[-1])
+      with fsspec.open(str(path), "rb") as src, open(local, "wb") as dst:
+        dst.write(src.read())
+      return read_goes_file(local, policy)
   import sunpy.timeseries
 
   series = sunpy.timeseries.TimeSeries(str(path))
