@@ -11,7 +11,6 @@ stderr and exit status 2 (a setting) or 1 (anything else), without a traceback; 
 exception is a bug and keeps its traceback.
 """
 
-import importlib
 import os
 import sys
 
@@ -23,17 +22,52 @@ from ml_collections import config_flags  # noqa: E402
 
 from solar_ddpm_jax import errors  # noqa: E402
 
-MODES = {
-    # mode: (module, function(config, workdir)); imported lazily so --help stays fast.
-    "train": ("solar_ddpm_jax.train", "train_and_evaluate"),
-    "demo": ("solar_ddpm_jax.demo", "run_demo"),
-    "sample": ("solar_ddpm_jax.sample", "sample_and_save"),
-    "build_data": ("solar_ddpm_jax.input_pipeline", "build_dataset"),
-    "export_features": ("solar_ddpm_jax.evaluation.export", "export_features"),
-    "evaluate": ("solar_ddpm_jax.evaluation.report", "evaluate"),
-    "augment_experiment": ("solar_ddpm_jax.classifier.experiment", "augment_experiment"),
-    "convert": ("solar_ddpm_jax.convert", "convert_from_config"),
-}
+
+# One function per mode, (config, workdir) -> None. Each imports its module when it runs, so that
+# --help and a refused setting stay fast (the modes import JAX, TensorFlow and orbax).
+def _train(config, workdir: str) -> None:
+  from solar_ddpm_jax import train
+  train.train_and_evaluate(config, workdir)
+
+
+def _demo(config, workdir: str) -> None:
+  from solar_ddpm_jax import demo
+  demo.run_demo(config, workdir)
+
+
+def _sample(config, workdir: str) -> None:
+  from solar_ddpm_jax import sample
+  sample.sample_and_save(config, workdir)
+
+
+def _build_data(config, workdir: str) -> None:
+  from solar_ddpm_jax import input_pipeline
+  input_pipeline.build_dataset(config, workdir)
+
+
+def _export_features(config, workdir: str) -> None:
+  from solar_ddpm_jax.evaluation import export
+  export.export_features(config, workdir)
+
+
+def _evaluate(config, workdir: str) -> None:
+  from solar_ddpm_jax.evaluation import report
+  report.evaluate(config, workdir)
+
+
+def _augment_experiment(config, workdir: str) -> None:
+  from solar_ddpm_jax.classifier import experiment
+  experiment.augment_experiment(config, workdir)
+
+
+def _convert(config, workdir: str) -> None:
+  from solar_ddpm_jax import convert
+  convert.convert_from_config(config, workdir)
+
+
+MODES = {"train": _train, "demo": _demo, "sample": _sample, "build_data": _build_data,
+         "export_features": _export_features, "evaluate": _evaluate,
+         "augment_experiment": _augment_experiment, "convert": _convert}
 SETTINGS_EXIT_CODE = 2  # A config setting or flag that is not allowed.
 INPUT_EXIT_CODE = 1  # Any other error the user can fix: a missing or bad file, no dataset.
 # Errors of the data builder (by module and class name: no import needed to recognise them) that
@@ -87,9 +121,7 @@ def _run(config, workdir: str, mode: str) -> None:
   logging.info("JAX %s: process %d/%d, devices %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
 
-  module_name, function_name = MODES[mode]
-  module = importlib.import_module(module_name)
-  getattr(module, function_name)(config, workdir)
+  MODES[mode](config, workdir)
 
 
 def main(argv):

@@ -9,6 +9,7 @@ checkpoint retraces an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ from absl import logging
 
 from solar_ddpm_jax import FLARE_CLASSES, sharding, train_state
 from solar_ddpm_jax.errors import NonFiniteError
+from solar_ddpm_jax.unet import create_model, make_apply_fn
 
 NUM_T_BUCKETS = 10  # Timestep buckets of the per-t loss metrics (t * 10 // T).
 METRICS_FILE = "metrics.jsonl"  # Scalars also appended here (process 0), for reports.
@@ -33,13 +35,6 @@ SIGTERM_SYNC_STEPS = 100  # Multi-process: SIGTERM is agreed on at log steps, or
 
 class Preempted(SystemExit):
   """Raised after the checkpoint that a SIGTERM asked for is on disk."""
-
-
-def make_apply_fn(model):
-  """apply_fn(params, x, t, labels, train=False, rngs=None) over a linen model."""
-  def apply_fn(params, x, t, labels, train=False, rngs=None):
-    return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
-  return apply_fn
 
 
 def state_shardings(mesh, abstract_state):
@@ -230,124 +225,72 @@ def train_and_evaluate(config, workdir: str, *,
   # Imported here: the step functions above need neither TensorFlow (clu's writers) nor orbax.
   from clu import metric_writers, periodic_actions
 
-  from solar_ddpm_jax import checkpointing, diffusion, outputs, sample, samplers, unet
+  from solar_ddpm_jax import checkpointing, diffusion, samplers
 
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   tc = config.training
-  train_state.check_param_dtype(config.model)
-  if int(tc.sample_every_steps) > 0:
-    sample.check_batch_size(config.sampling.batch_size)
+  _check_settings(config)
   num_steps = int(tc.num_train_steps)
   is_main = jax.process_index() == 0
   mesh = sharding.create_mesh(config.mesh)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), jax.device_count(),
                jax.process_count())
-
   writer = metric_writers.create_default_writer(workdir if is_main else None,
                                                 just_logging=not is_main)
-  model = unet.create_model(config.model)
-  apply_fn = make_apply_fn(model)
+  apply_fn = make_apply_fn(create_model(config.model))
   schedule = diffusion.make_schedule(config.diffusion)
-
   abstract = train_state.abstract_state(config)
   shardings = state_shardings(mesh, abstract)
   manager = checkpointing.create_manager(workdir, tc)
   try:
-    if manager.latest_step() is not None:
-      state, record = checkpointing.restore(
-          manager, checkpointing.abstract_with_shardings(abstract, shardings))
-      checkpointing.check_resume_record(record, config, manager.directory)
-      logging.info("Resumed from the checkpoint of step %d (data position %s).",
-                   int(state.step), record.get("step"))
-    else:
-      state, _ = create_train_state(config, mesh)
+    state = _restore_or_create(config, manager, abstract, shardings, mesh)
     start_step = int(jax.device_get(state.step))
-    _truncate_metrics(workdir, start_step)
-    if is_main:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    logging.info("UNet parameters: %d.", num_params)
-    if start_step == 0:
-      writer.write_hparams({"preset": config.preset, "num_params": num_params,
-                            "batch_size": int(tc.batch_size), "seed": int(config.seed)})
-
+    _start_records(config, workdir, writer, abstract, start_step)
     step_fn = jit_train_step(make_train_step(config, apply_fn, schedule), mesh, shardings)
     eval_fn = make_eval_step(config, apply_fn, schedule, mesh, shardings.ema_params)
-    grid_config = _sample_grid_config(config)
-    grid_fn = samplers.make_sample_fn(apply_fn, schedule, grid_config, mesh)
+    grid_fn = samplers.make_sample_fn(apply_fn, schedule, _sample_grid_config(config), mesh)
     train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(start_step)
     make_eval_iterator = eval_iterator_fn or _default_eval_iterator(config, mesh)
-
+    save = functools.partial(checkpointing.save, manager, data_seed=config.seed,
+                             batch_size=int(tc.batch_size),
+                             settings=checkpointing.run_settings(config))
     report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                              writer=writer if is_main else None)
-    def run_eval(done):
-      metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
-                         int(tc.get("eval_batches", 4)))
-      if metrics:
-        write_scalars(writer, workdir, done, metrics)
-      return metrics
-
-    def log_window(done):
-      check_finite(pending, pending_start, manager)
-      write_scalars(writer, workdir, done, summarize_metrics(pending),
-                    extra={"window_steps": len(pending)})
-
-    settings = checkpointing.run_settings(config)
-    profiler = _Profiler(workdir, start_step, enabled=bool(tc.get("profile", False)))
-    logging_on = int(tc.log_every_steps) > 0
-    pending, pending_start = [], start_step
-    with _SigtermFlag() as sigterm, profiler:
+    window = _MetricsWindow(start_step, manager)
+    with _SigtermFlag() as sigterm, _Profile(workdir, start_step, bool(tc.profile)) as profile:
       for step in range(start_step, num_steps):
-        profiler.before(step, state)
-        batch = next(train_iterator)
-        state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
-        pending.append(metrics)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          batch = next(train_iterator)
+          state, metrics = step_fn(state, {"image": batch["image"], "label": batch["label"]})
         done = step + 1
+        window.append(metrics)
         report(done, time.time())
-        last = done == num_steps
-        if _due(done, tc.log_every_steps, last):
-          log_window(done)
-          pending, pending_start = [], done
-        eval_ran = _due(done, tc.eval_every_steps, last)
-        eval_metrics = run_eval(done) if eval_ran else None
-        checkpoint_due = last or _due(done, tc.checkpoint_every_steps, False)
-        if checkpoint_due:
-          if not eval_ran and int(tc.eval_every_steps) > 0:
-            eval_metrics = run_eval(done)  # Every checkpoint gets an eval loss (the best kept).
-          check_finite(pending, pending_start, manager)
-          if not logging_on:  # Nothing else empties the window: checked, dropped.
-            pending, pending_start = [], done
+        due = _due_at(done, tc, num_steps)
+        if due.log:
+          window.write(writer, workdir, done)
+        eval_metrics = None
+        if due.eval:
+          eval_metrics = evaluate(eval_fn, state.ema_params, make_eval_iterator,
+                                  int(tc.eval_batches))
+          if eval_metrics:
+            write_scalars(writer, workdir, done, eval_metrics)
+        if due.checkpoint:
+          window.check_finite()  # No checkpoint after a non-finite loss.
           with report.timed("checkpoint"):
-            checkpointing.save(manager, state, data_seed=config.seed, metrics=eval_metrics,
-                               batch_size=int(tc.batch_size), settings=settings)
-        if _due(done, tc.sample_every_steps, last):
+            save(state, metrics=eval_metrics)
+        if due.sample:
           with report.timed("sample_grid"):
-            images = sample.sample_images(grid_fn, state.ema_params, grid_labels(config),
-                                          seed=done, batch_size=int(config.sampling.batch_size),
-                                          mesh=mesh)
-            if is_main:
-              path = os.path.join(workdir, "samples", f"grid_step{done:07d}.png")
-              rgb = outputs.save_class_grid(images, grid_labels(config), path)
-              writer.write_images(done, {"samples_ema": rgb[None]})
-        sync_point = (_due(done, tc.log_every_steps, False) or checkpoint_due
-                      or (not logging_on and done % SIGTERM_SYNC_STEPS == 0))
-        if not logging_on and done % SIGTERM_SYNC_STEPS == 0:  # The window stays bounded.
-          check_finite(pending, pending_start, manager)
-          pending, pending_start = [], done
-        if not last and sigterm.requested(at_sync_point=sync_point):
-          if pending and logging_on:  # The partial window: no step's metrics lost.
-            log_window(done)
-          else:
-            check_finite(pending, pending_start, manager)
-          checkpointing.save(manager, state, data_seed=config.seed, force=True,
-                             batch_size=int(tc.batch_size), settings=settings)
-          manager.wait_until_finished()
-          writer.flush()
-          logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", done)
-          raise Preempted(143)
-      profiler.stop(state)
+            _write_sample_grid(config, grid_fn, state, done, mesh, writer, workdir)
+        if due.drop_window:
+          window.drop()
+        if not due.last and sigterm.requested(at_sync_point=due.sync_point):
+          if due.logging:  # The partial window: no step's metrics lost.
+            window.write(writer, workdir, done)
+          window.check_finite()
+          _save_and_exit(save, manager, writer, state, done)
+        profile(done, state)
+      profile.stop(state)
   except BaseException as e:
     # A save in flight is kept. Every process stops on a SIGTERM or a non-finite state (both are
     # agreed on), so their shutdown may wait on each other; another error may be one process's.
@@ -360,53 +303,190 @@ def train_and_evaluate(config, workdir: str, *,
   return state
 
 
-class _Profiler:
-  """training.profile: a jax.profiler trace of PROFILE_STEPS steps, for TensorBoard's profile tab.
+def _check_settings(config) -> None:
+  """Settings errors found before anything is built: float32 master weights, grid batch size."""
+  from solar_ddpm_jax import sample
+  train_state.check_param_dtype(config.model)
+  if int(config.training.sample_every_steps) > 0:
+    sample.check_batch_size(config.sampling.batch_size)
 
-  Starts before step index start_step + PROFILE_FIRST (after the first three steps of this run
-  or resume, when compilation is over) and stops after PROFILE_STEPS steps have finished on the
-  device, or when the run stops early (SIGTERM, NaN): the trace is written either way. Traces go
-  to <workdir>/profile (one folder per process in multi-process jobs).
+
+def _restore_or_create(config, manager, abstract, shardings, mesh):
+  """The TrainState of the latest checkpoint (its record checked against `config`), or a new one."""
+  from solar_ddpm_jax import checkpointing
+  if manager.latest_step() is None:
+    return create_train_state(config, mesh)[0]
+  state, record = checkpointing.restore(
+      manager, checkpointing.abstract_with_shardings(abstract, shardings))
+  checkpointing.check_resume_record(record, config, manager.directory)
+  logging.info("Resumed from the checkpoint of step %d (data position %s).", int(state.step),
+               record.get("step"))
+  return state
+
+
+def _start_records(config, workdir: str, writer, abstract, start_step: int) -> None:
+  """metrics.jsonl cut back to `start_step`, config.json, and a new run's hyperparameters."""
+  _truncate_metrics(workdir, start_step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  logging.info("UNet parameters: %d.", num_params)
+  if start_step == 0:
+    writer.write_hparams({"preset": config.preset, "num_params": num_params,
+                          "batch_size": int(config.training.batch_size),
+                          "seed": int(config.seed)})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Due:
+  """What runs after a step; decided in one place, `_due_at`."""
+  last: bool  # The run's final step.
+  logging: bool  # training.log_every_steps > 0: the metrics window becomes training records.
+  log: bool  # Write the window's means as a training record.
+  eval: bool  # Validation loss of the EMA parameters.
+  checkpoint: bool
+  sample: bool  # A grid of EMA samples.
+  drop_window: bool  # Logging off: check the window and empty it, so that it stays bounded.
+  sync_point: bool  # Multi-process: the processes agree on a SIGTERM here.
+
+
+def _due_at(done: int, tc, num_steps: int) -> _Due:
+  """The actions after step `done` (steps finished) of training config `tc`.
+
+  Every periodic action also runs after the final step, except the bounded window drop; every
+  checkpoint gets an eval loss (it ranks the best checkpoint) when evals are on.
+  """
+  last = done == num_steps
+  logging_on = int(tc.log_every_steps) > 0
+  checkpoint = last or _due(done, tc.checkpoint_every_steps, False)
+  bounded = not logging_on and done % SIGTERM_SYNC_STEPS == 0
+  return _Due(
+      last=last, logging=logging_on, log=_due(done, tc.log_every_steps, last),
+      eval=_due(done, tc.eval_every_steps, last) or (checkpoint and int(tc.eval_every_steps) > 0),
+      checkpoint=checkpoint, sample=_due(done, tc.sample_every_steps, last),
+      drop_window=not logging_on and (checkpoint or bounded),
+      sync_point=_due(done, tc.log_every_steps, False) or checkpoint or bounded)
+
+
+class _MetricsWindow:
+  """The train-step metrics since the last training record, checked before anything uses them.
+
+  A training record averages the window (at training.log_every_steps, and a partial window at a
+  SIGTERM, so that no step's metrics are lost); a checkpoint is saved only after the window's
+  losses are checked finite. Each step is fetched from the device for the check once.
   """
 
-  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
-    self.enabled = enabled
-    self.first = start_step + PROFILE_FIRST
-    self.last = self.first + PROFILE_STEPS
+  def __init__(self, start_step: int, manager):
+    self.first_step = start_step  # The step before the window's first.
+    self.manager = manager
+    self.per_step: list[dict] = []
+    self.checked = 0  # Leading entries of per_step already checked.
+
+  def append(self, metrics: dict) -> None:
+    self.per_step.append(metrics)
+
+  def check_finite(self) -> None:
+    """NonFiniteError at the window's first non-finite loss or gradient norm."""
+    check_finite(self.per_step[self.checked:], self.first_step + self.checked, self.manager)
+    self.checked = len(self.per_step)
+
+  def drop(self) -> None:
+    """Checks the window, then starts a new one after it."""
+    self.check_finite()
+    self.first_step += len(self.per_step)
+    self.per_step, self.checked = [], 0
+
+  def write(self, writer, workdir: str, step: int) -> None:
+    """Checks the window and writes its means as the training record of `step` (if not empty)."""
+    self.check_finite()
+    if self.per_step:
+      write_scalars(writer, workdir, step, summarize_metrics(self.per_step),
+                    extra={"window_steps": len(self.per_step)})
+    self.drop()
+
+
+def _write_sample_grid(config, grid_fn, state, step: int, mesh, writer, workdir: str) -> None:
+  """EMA samples of every flare class: samples/grid_step<step>.png and TensorBoard (process 0)."""
+  from solar_ddpm_jax import outputs, sample
+  labels = grid_labels(config)
+  images = sample.sample_images(grid_fn, state.ema_params, labels, seed=step,
+                                batch_size=int(config.sampling.batch_size), mesh=mesh)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "samples", f"grid_step{step:07d}.png")
+    rgb = outputs.save_class_grid(images, labels, path)
+    writer.write_images(step, {"samples_ema": rgb[None]})
+
+
+def _save_and_exit(save, manager, writer, state, step: int):
+  """After a SIGTERM: the checkpoint of `step` on disk, then Preempted (exit status 143)."""
+  save(state, force=True)
+  manager.wait_until_finished()
+  writer.flush()
+  logging.warning("Saved the checkpoint of step %d after SIGTERM; exiting.", step)
+  raise Preempted(143)
+
+
+class _Profile:
+  """training.profile: a trace of PROFILE_STEPS steps with clu's Profile, for TensorBoard.
+
+  The trace starts after the first PROFILE_FIRST steps of this run or resume (when compilation
+  is over) and stops PROFILE_STEPS steps later; both wait for the device to finish the steps
+  before, so the trace holds exactly those steps. A run that stops early (SIGTERM, NaN) or ends
+  inside the window still writes its trace. Traces go to <workdir>/profile (one folder per
+  process in multi-process jobs).
+  """
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool):
+    from clu import periodic_actions
     self.logdir = os.path.join(workdir, "profile")
     if jax.process_count() > 1:
       self.logdir = os.path.join(self.logdir, f"process_{jax.process_index()}")
-    self.running = False
+    self.first = start_step + PROFILE_FIRST
+    self.action = periodic_actions.Profile(
+        logdir=self.logdir, num_profile_steps=PROFILE_STEPS, profile_duration_ms=None,
+        first_profile=self.first, every_steps=None, every_secs=None) if enabled else None
+    self.done = start_step
 
   def __enter__(self):
     return self
 
+  def __call__(self, done: int, state) -> None:
+    """After step `done`: starts or stops the trace when it is due."""
+    self.done = done
+    if self.action is None:
+      return
+    if done in (self.first, self.first + PROFILE_STEPS):
+      jax.block_until_ready(state)
+    self.action(done)
+    if done == self.first + PROFILE_STEPS:
+      logging.info("Profile written to %s (tensorboard --logdir %s, Profile tab).", self.logdir,
+                   self.logdir)
+
+  @property
+  def running(self) -> bool:
+    return self.action is not None and self.first <= self.done < self.first + PROFILE_STEPS
+
+  def stop(self, state=None) -> None:
+    """Ends a trace still running after `state` is computed (None: at once)."""
+    if not self.running:
+      return
+    self.done = self.first + PROFILE_STEPS  # Not running any more, whatever happens next.
+    if state is not None:
+      jax.block_until_ready(state)
+    try:
+      jax.profiler.stop_trace()
+    except RuntimeError as e:  # No trace running: clu's Profile logged why it could not start.
+      logging.warning("No profile to write to %s (%s).", self.logdir, e)
+      return
+    logging.info("Profile written to %s (tensorboard --logdir %s, Profile tab).", self.logdir,
+                 self.logdir)
+
   def __exit__(self, *exc):
     try:  # Stopped early: keep the trace of the steps so far (a no-op after a normal stop).
       self.stop()
-    except Exception:  # Never hide the exception (SIGTERM exit code, NaN) that ended the run.
+    except Exception:  # noqa: BLE001 (never hide the exception that ended the run)
       logging.exception("Could not write the profile to %s.", self.logdir)
-
-  def before(self, step: int, state) -> None:
-    if not self.enabled:
-      return
-    if step == self.first:
-      jax.block_until_ready(state)
-      jax.profiler.start_trace(self.logdir)
-      self.running = True
-    elif step == self.last:
-      self.stop(state)
-
-  def stop(self, state=None) -> None:
-    """Ends the trace after `state` is computed (None: at once, as when a run stops early)."""
-    if not self.running:
-      return
-    self.running = False
-    if state is not None:
-      jax.block_until_ready(state)
-    jax.profiler.stop_trace()
-    logging.info("Profile written to %s (tensorboard --logdir %s, Profile tab).", self.logdir,
-                 self.logdir)
 
 
 def write_scalars(writer, workdir: str, step: int, scalars: dict,
@@ -466,7 +546,7 @@ def _truncate_metrics(workdir: str, start_step: int) -> None:
 
 def grid_labels(config) -> np.ndarray:
   """Labels of the periodic grid: training.grid_per_class of each flare class, class-major."""
-  per_class = int(config.training.get("grid_per_class", 4))
+  per_class = int(config.training.grid_per_class)
   return np.repeat(np.arange(len(FLARE_CLASSES), dtype=np.int32), per_class)
 
 

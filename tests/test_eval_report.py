@@ -260,3 +260,30 @@ def test_the_evaluations_own_samples_record_their_settings(tmp_path, encoder_dir
   assert again["sampling"] == first["sampling"]
   assert (again["conditioning_accuracy"]["per_guidance_scale"]
           == first["conditioning_accuracy"]["per_guidance_scale"])
+
+
+def test_a_bug_raises_and_a_missing_weight_file_or_classifier_is_skipped_with_its_reason(
+    tmp_path, encoder_dir, monkeypatch):
+  """Only "this part cannot run here" is recorded as skipped; any other exception is a bug."""
+  real, fake = _discs(10, 16, 0), _discs(10, 16, 1)
+  config = _config(tmp_path, encoder_dir)
+  config.evaluation.extractors = ("inception",)
+  config.evaluation.inception_weights = str(tmp_path / "missing.pth")
+  out = report.run_report(config, str(tmp_path), real, fake)
+  assert "missing.pth' does not exist" in out["features"]["inception"]["skipped"]
+  assert "config.evaluation.inception_weights" in out["features"]["inception"]["skipped"]
+  assert out["conditioning_accuracy"]["skipped"].startswith(
+      "FileNotFoundError: no classifier checkpoint at")
+  assert out["physics"]["all"]["wasserstein_dn_s"] > 0
+
+  def bug(*args, **kwargs):
+    raise TypeError("a bug in a metric")
+
+  with monkeypatch.context() as m:
+    m.setattr(report.physics, "compare", bug)
+    with pytest.raises(TypeError, match="a bug in a metric"):
+      report.run_report(config, str(tmp_path), real, fake)
+  _stub_classifier(monkeypatch)
+  monkeypatch.setattr(report, "conditioning_accuracy", bug)
+  with pytest.raises(TypeError, match="a bug in a metric"):
+    report.run_report(config, str(tmp_path), real, fake)

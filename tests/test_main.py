@@ -5,7 +5,6 @@ import errno
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -90,15 +89,11 @@ def run_main(monkeypatch):
   calls = []
 
   def run(mode_fn, *flags):
-    module = types.ModuleType("fake_mode")
-
     def fake(config, workdir):
       calls.append(workdir)
       mode_fn()
 
-    module.run = fake
-    monkeypatch.setitem(sys.modules, "fake_mode", module)
-    monkeypatch.setitem(main.MODES, "train", ("fake_mode", "run"))
+    monkeypatch.setitem(main.MODES, "train", fake)
     argv = ["main", f"--config={CONFIG}:test", "--config.mesh.distributed=off", *flags]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv.
     main.FLAGS.unparse_flags()
@@ -204,3 +199,23 @@ def test_the_console_script_lists_the_flags_in_its_help(tmp_path):
                         capture_output=True, text=True, timeout=120)
   for flag in ("--config:", "--workdir:", "--mode:"):  # (absl's --help exits with status 1.)
     assert flag in proc.stdout, proc.stdout
+
+
+def test_every_mode_is_a_function_whose_import_and_call_a_static_reader_can_follow():
+  """Each mode is a plain function importing its module and calling a function defined there."""
+  import ast
+  import inspect
+  assert set(main.MODES) == {"train", "demo", "sample", "build_data", "export_features",
+                             "evaluate", "augment_experiment", "convert"}
+  for mode, fn in main.MODES.items():
+    assert callable(fn), mode
+    body = ast.parse(inspect.getsource(fn)).body[0].body
+    (imported,) = [n for n in body if isinstance(n, ast.ImportFrom)]
+    (call,) = [n.value for n in body if isinstance(n, ast.Expr)]
+    module = f"{imported.module}.{call.func.value.id}"
+    assert [a.name for a in imported.names] == [call.func.value.id], mode
+    with open(os.path.join(REPO, *module.split(".")) + ".py") as f:
+      tree = ast.parse(f.read())
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)} | {
+        a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert call.func.attr in defined, (mode, module, call.func.attr)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solar_ddpm_jax.evaluation import extractors
 from solar_ddpm_jax.evaluation import weights as weights_lib
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -180,3 +181,17 @@ def load_clip_params(path: str, cfg: ClipVisionConfig = VIT_B_32) -> dict:
 def apply_features(params, images, cfg: ClipVisionConfig = VIT_B_32):
   """CLIP image embeddings [B, projection_dim] of model-range images [B, H, W, C]."""
   return ClipVision(cfg).apply({"params": params}, preprocess(images, cfg.image_size))
+
+
+def clip_extractor(path: str, cfg: ClipVisionConfig | None = None) -> extractors.Extractor:
+  """CLIP ViT-B/32 image embeddings from model.safetensors at `path`."""
+  cfg = cfg or VIT_B_32
+  params = load_clip_params(path, cfg)
+  return extractors.Extractor("clip_vit_b32", functools.partial(apply_features, cfg=cfg), params,
+                              path, weights_lib.sha256_file(path), PREPROCESSING)
+
+
+@extractors.register("clip")
+def _build(config, workdir: str) -> extractors.Extractor:
+  del workdir
+  return clip_extractor(config.evaluation.clip_weights)

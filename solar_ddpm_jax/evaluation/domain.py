@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from solar_ddpm_jax.evaluation import features as features_lib
+from solar_ddpm_jax.evaluation import extractors
 from solar_ddpm_jax.evaluation import weights as weights_lib
 
 ENCODER_FILE = "encoder.npz"
@@ -64,7 +64,7 @@ def _tree_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _encoder_extractor(file: str) -> features_lib.Extractor:
+def _encoder_extractor(file: str) -> extractors.Extractor:
   with np.load(file, allow_pickle=False) as z:
     flat = {k: np.asarray(z[k]) for k in z.files}
   widths = tuple(int(w) for w in flat.pop("meta/widths"))
@@ -74,11 +74,11 @@ def _encoder_extractor(file: str) -> features_lib.Extractor:
 
   def fn(p, images):
     return model.apply({"params": p}, jnp.asarray(images, jnp.float32))
-  return features_lib.Extractor("domain_encoder", fn, params, file, _tree_sha256(file),
+  return extractors.Extractor("domain_encoder", fn, params, file, _tree_sha256(file),
                                 PREPROCESSING)
 
 
-def _classifier_extractor(path: str) -> features_lib.Extractor:
+def _classifier_extractor(path: str) -> extractors.Extractor:
   from solar_ddpm_jax import classifier
   apply_fn, params, meta = classifier.load_classifier(path)
   features_fn = getattr(classifier, "features", None)
@@ -91,10 +91,10 @@ def _classifier_extractor(path: str) -> features_lib.Extractor:
   name = "domain_classifier"
   if isinstance(meta, dict) and meta.get("label"):
     name += f"_{meta['label']}"
-  return features_lib.Extractor(name, fn, params, path, _tree_sha256(path), PREPROCESSING)
+  return extractors.Extractor(name, fn, params, path, _tree_sha256(path), PREPROCESSING)
 
 
-def domain_extractor(path: str) -> features_lib.Extractor:
+def domain_extractor(path: str) -> extractors.Extractor:
   """Penultimate-layer features of the classifier (or encoder file) at `path`."""
   if not path or not os.path.exists(path):
     raise FileNotFoundError(
@@ -105,3 +105,8 @@ def domain_extractor(path: str) -> features_lib.Extractor:
   if os.path.isfile(encoder):
     return _encoder_extractor(encoder)
   return _classifier_extractor(path)
+
+
+@extractors.register("domain")
+def _build(config, workdir: str) -> extractors.Extractor:
+  return domain_extractor(checkpoint_path(config, workdir))

@@ -12,6 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class TooFewImages(ValueError):
+  """A metric needs more images (or more than the feature dimension) than a set has."""
+
+
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
   """Mean [dim] and unbiased covariance [dim, dim] in float64."""
   x = np.asarray(features, np.float64)
@@ -64,7 +68,7 @@ def fid(real_features, fake_features) -> float:
   x1, x2 = (x.reshape(len(x), -1) for x in (x1, x2))  # [n] features: one dimension.
   (n1, d), n2 = x1.shape, len(x2)
   if min(n1, n2) < 2:
-    raise ValueError(f"FID needs at least 2 images per set (covariances), got {n1} and {n2}.")
+    raise TooFewImages(f"FID needs at least 2 images per set (covariances), got {n1} and {n2}.")
   small, large = sorted((n1, n2))
   # Flops of each way, an eigen-solve or SVD of an m x m matrix counted as 20 m^3.
   if n1 * n2 * d + 20 * small * small * large >= (n1 + n2) * d * d + 40 * d ** 3:
@@ -96,7 +100,7 @@ def fid_infinity(real_features, fake_features, *, num_points: int = 15,
   real, fake = real.reshape(len(real), -1), fake.reshape(len(fake), -1)
   n, d = fake.shape
   if len(real) < 2 or n < 2 * (d + 1) or int(num_points) < 3:
-    raise ValueError(
+    raise TooFewImages(
         f"FID-infinity needs 2 x (dim + 1) = {2 * (d + 1)} generated images (the fit uses "
         f"subsets above the dimension), 2 real ones and 3 counts; got {n} generated, "
         f"{len(real)} real, num_points={num_points}.")
@@ -149,7 +153,7 @@ def mmd2_jackknife(x, y) -> tuple[float, float]:
   y = np.asarray(y, np.float64)
   m, n = len(x), len(y)
   if min(m, n) < 3:
-    raise ValueError("the KID standard error needs at least 3 images in each set.")
+    raise TooFewImages("the KID standard error needs at least 3 images in each set.")
   rxx = _kernel_sums(x, x)[0] - ((x * x).sum(1) / x.shape[1] + 1.0) ** 3  # Off-diagonal.
   ryy = _kernel_sums(y, y)[0] - ((y * y).sum(1) / y.shape[1] + 1.0) ** 3
   rxy, cxy = _kernel_sums(x, y)
@@ -177,7 +181,7 @@ def kid(real_features, fake_features, *, subset_size: int = 1000, num_subsets: i
   y = np.asarray(fake_features, np.float64)
   size = int(min(subset_size, len(x), len(y)))
   if size < 2:
-    raise ValueError("KID needs at least 2 images in each set.")
+    raise TooFewImages("KID needs at least 2 images in each set.")
   rng = np.random.default_rng(seed)
   values = np.array([
       mmd2_unbiased(x[rng.choice(len(x), size, replace=False)],
@@ -221,7 +225,7 @@ def _prdc_terms(real, fake, k: int) -> dict[str, np.ndarray]:
 def _check_k(real, fake, k: int) -> int:
   k = int(min(k, len(real) - 1, len(fake) - 1))
   if k < 1:
-    raise ValueError("precision/recall need at least 2 images in each set.")
+    raise TooFewImages("precision/recall need at least 2 images in each set.")
   return k
 
 
@@ -259,7 +263,7 @@ def subsample_interval(metric_fn, real_features, fake_features, *, num_subsets: 
   real = np.asarray(real_features)
   fake = np.asarray(fake_features)
   if min(len(real), len(fake)) < 4:
-    raise ValueError("a FID interval needs at least 4 images in each set.")
+    raise TooFewImages("a FID interval needs at least 4 images in each set.")
   rng = np.random.default_rng(seed)
   values = np.array([metric_fn(real[rng.choice(len(real), len(real) // 2, replace=False)],
                                fake[rng.choice(len(fake), len(fake) // 2, replace=False)])

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solar_ddpm_jax.evaluation import extractors
 from solar_ddpm_jax.evaluation import weights as weights_lib
 
 INPUT_SIZE = 299  # pytorch-fid resizes every image to 299x299.
@@ -267,3 +268,18 @@ def load_inception_params(path: str) -> dict:
 def apply_features(params, images, size: int = INPUT_SIZE):
   """Pool3 features [B, 2048] of model-range images [B, H, W, C] (jit-friendly)."""
   return InceptionV3().apply({"params": params}, preprocess(images, size))
+
+
+def inception_extractor(path: str, size: int | None = None) -> extractors.Extractor:
+  """pytorch-fid Inception V3 pool3 from the .pth or jax-fid pickle/npz at `path`."""
+  params = load_inception_params(path)
+  size = size or INPUT_SIZE
+  return extractors.Extractor("inception_v3_pool3", functools.partial(apply_features, size=size),
+                              params, path, weights_lib.sha256_file(path),
+                              PREPROCESSING.replace("299x299", f"{size}x{size}"))
+
+
+@extractors.register("inception")
+def _build(config, workdir: str) -> extractors.Extractor:
+  del workdir
+  return inception_extractor(config.evaluation.inception_weights)
