@@ -68,7 +68,8 @@ def _torch_case(args) -> dict:
   torch.manual_seed(0)
   device = "cuda" if torch.cuda.is_available() else "cpu"
   size = args.image_size or 64
-  model = ref.UNetConditional(image_size=size, need_weights=args.case == "torch").to(device)
+  model = ref.UNetConditional(image_size=size, width=64,  # The paper preset's width.
+                              need_weights=args.case == "torch").to(device)
   diff = ref.ReferenceDiffusion(img_size=size, device=device)
   labels = torch.arange(args.batch, device=device) % 5
   steps = args.steps or FULL_STEPS["ddpm"] - 1

@@ -97,6 +97,7 @@ def _torch_case(args, kind: str) -> dict:
   else:
     model = ref.UNetConditional(c_in=int(config.model.in_channels),
                                 c_out=int(config.model.out_channels), image_size=size,
+                                width=int(config.model.base_channels),
                                 need_weights=kind == "torch")
     forward = None
   model = model.to(device).train()

@@ -110,30 +110,36 @@ class Up(nn.Module):
 
 
 class UNetConditional(nn.Module):
-  """The published UNet; images [batch, channels, height, width] (NCHW), t [batch], y [batch]."""
+  """The published UNet; images [batch, channels, height, width] (NCHW), t [batch], y [batch].
+
+  `width` is the base width (widths w, 2w, 4w, 4w, bottleneck 8w); None: `image_size`, as the
+  published code, whose `image_size` argument is both (a 128 px network is 128 channels wide).
+  Pass width=64 for the `paper` preset's Flax UNet, 64 wide at any size.
+  """
 
   def __init__(self, c_in: int = 1, c_out: int = 1, time_dim: int = 256, num_classes: int = 5,
-               image_size: int = 64, need_weights: bool = True):
+               image_size: int = 64, need_weights: bool = True, width: int | None = None):
     super().__init__()
     self.time_dim = time_dim
     s = image_size
-    self.inc = DoubleConv(c_in, 64)
-    self.down1 = Down(64, 128)
-    self.sa1 = SelfAttention(128, s // 2, need_weights)
-    self.down2 = Down(128, 256)
-    self.sa2 = SelfAttention(256, s // 4, need_weights)
-    self.down3 = Down(256, 256)
-    self.sa3 = SelfAttention(256, s // 8, need_weights)
-    self.bot1 = DoubleConv(256, 512)
-    self.bot2 = DoubleConv(512, 512)
-    self.bot3 = DoubleConv(512, 256)
-    self.up1 = Up(512, 128)
-    self.sa4 = SelfAttention(128, s // 4, need_weights)
-    self.up2 = Up(256, 64)
-    self.sa5 = SelfAttention(64, s // 2, need_weights)
-    self.up3 = Up(128, 64)
-    self.sa6 = SelfAttention(64, s, need_weights)
-    self.outc = nn.Conv2d(64, c_out, kernel_size=1)
+    w = image_size if width is None else width
+    self.inc = DoubleConv(c_in, w)
+    self.down1 = Down(w, 2 * w)
+    self.sa1 = SelfAttention(2 * w, s // 2, need_weights)
+    self.down2 = Down(2 * w, 4 * w)
+    self.sa2 = SelfAttention(4 * w, s // 4, need_weights)
+    self.down3 = Down(4 * w, 4 * w)
+    self.sa3 = SelfAttention(4 * w, s // 8, need_weights)
+    self.bot1 = DoubleConv(4 * w, 8 * w)
+    self.bot2 = DoubleConv(8 * w, 8 * w)
+    self.bot3 = DoubleConv(8 * w, 4 * w)
+    self.up1 = Up(8 * w, 2 * w)
+    self.sa4 = SelfAttention(2 * w, s // 4, need_weights)
+    self.up2 = Up(4 * w, w)
+    self.sa5 = SelfAttention(w, s // 2, need_weights)
+    self.up3 = Up(2 * w, w)
+    self.sa6 = SelfAttention(w, s, need_weights)
+    self.outc = nn.Conv2d(w, c_out, kernel_size=1)
     if num_classes is not None:
       self.label_emb = nn.Embedding(num_classes, time_dim)
 

@@ -281,14 +281,18 @@ def restore_params(config, workdir: str, step: int = -1, ema: bool = True):
 
 
 def restore_params_and_step(config, workdir: str, step: int = -1, ema: bool = True):
-  """(parameters, checkpoint step) of `step` (-1 = latest), replicated over all devices."""
-  from solar_ddpm_jax import sharding, train_state
+  """(parameters, checkpoint step) of `step` (-1 = latest), replicated over all devices.
+
+  A partial restore of the saved TrainState: the step and one parameter subtree are read, the
+  rest (the other parameters, the optimizer state) is neither read nor described. The target is
+  built from config.model alone, so sampling and evaluation need the training run's model
+  settings but neither its optimizer settings nor the optimizer's memory.
+  """
+  from solar_ddpm_jax import sharding, unet
   mesh = sharding.create_mesh(config.mesh)
-  abstract = train_state.abstract_state(config)
-  # Only the step and one set of parameters: the optimizer state is not read, so sampling and
-  # evaluation need the training run's model settings but not its optimizer ones.
   key = "ema_params" if ema else "params"
-  wanted = {"step": abstract.step, key: getattr(abstract, key)}
+  params = jax.eval_shape(lambda k: unet.init_params(config.model, k), jax.random.key(0))
+  wanted = {"step": jax.ShapeDtypeStruct((), jnp.int32), key: params}
   target = abstract_with_shardings(wanted,
                                    jax.tree.map(lambda _: sharding.replicated(mesh), wanted))
   manager = create_manager(workdir, read_only=True)

@@ -21,6 +21,7 @@ each layout to its own program, whose reductions may be ordered differently.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import tempfile
@@ -98,7 +99,11 @@ def parse_classes(classes: str) -> list[int]:
 
 
 def sampling_config(config, *, guidance_scale=None, sampler=None, num_steps=None):
-  """A copy of `config` with the sampling settings overridden where given."""
+  """A copy of `config` with the sampling settings overridden where given.
+
+  A step count given here asks for the sampler's own grid of that many steps: it replaces an
+  explicit sampling.timesteps grid (cleared), as a sampler given here would not follow it either.
+  """
   out = config.copy_and_resolve_references()
   with out.unlocked():
     if guidance_scale is not None:
@@ -107,6 +112,8 @@ def sampling_config(config, *, guidance_scale=None, sampler=None, num_steps=None
       out.sampling.sampler = str(sampler)
     if num_steps is not None:
       out.sampling.num_steps = int(num_steps)
+      if "timesteps" in out.sampling:
+        out.sampling.timesteps = ()
   return out
 
 
@@ -166,16 +173,18 @@ def _sample_fn(cfg):
   The guidance scale is a traced argument of the sample function, so a sweep over scales (the
   evaluation report, the classifier experiment) compiles once per batch size.
   """
-  from solar_ddpm_jax import diffusion, samplers, train, unet
+  from solar_ddpm_jax import diffusion, samplers, unet
   s = cfg.sampling
   key = json.dumps([cfg.model.to_dict(), cfg.diffusion.to_dict(), cfg.mesh.to_dict(), s.sampler,
-                    int(s.num_steps), float(s.eta), s.ddpm_variance, bool(s.clip_x0)],
+                    int(s.num_steps), float(s.eta), s.ddpm_variance, bool(s.clip_x0),
+                    [int(t) for t in samplers.config_timesteps(s)],
+                    str(s.get("guidance_convention", "project"))],
                    sort_keys=True, default=str)
   if key in _SAMPLE_FN_CACHE:
     _SAMPLE_FN_CACHE.move_to_end(key)
     return _SAMPLE_FN_CACHE[key]
   mesh = sharding.create_mesh(cfg.mesh)
-  apply_fn = train.make_apply_fn(unet.create_model(cfg.model))
+  apply_fn = unet.make_apply_fn(unet.create_model(cfg.model))
   _SAMPLE_FN_CACHE[key] = (mesh, samplers.make_sample_fn(
       apply_fn, diffusion.make_schedule(cfg.diffusion), cfg, mesh))
   while len(_SAMPLE_FN_CACHE) > _SAMPLE_FN_CACHE_SIZE:
@@ -217,10 +226,15 @@ def settings_tag(cfg, step: int) -> str:
 
   step, sampler, steps, guidance, seed and batch size (batch i draws its noise from
   fold_in(seed, i)) always; then, where they apply and differ from the defaults, DDIM's eta,
-  DDPM's posterior variance, x0 clipping and the raw (non-EMA) weights.
+  DDPM's posterior variance, x0 clipping, the raw (non-EMA) weights, an explicit timestep grid
+  (n<points>_t<its hash>: the grid itself is in the settings of samples.npz) and the published
+  guidance convention (_cfgpub).
   """
+  from solar_ddpm_jax import samplers
   s = cfg.sampling
-  tag = (f"step{step}_{s.sampler}_n{int(s.num_steps)}_w{float(s.guidance_scale):g}"
+  timesteps = samplers.config_timesteps(s)
+  steps = f"n{len(timesteps)}_t{timesteps_hash(timesteps)}" if timesteps else f"n{int(s.num_steps)}"
+  tag = (f"step{step}_{s.sampler}_{steps}_w{float(s.guidance_scale):g}"
          f"_seed{int(s.seed)}_b{int(s.batch_size)}")
   if s.sampler == "ddim" and float(s.eta) != 0.0:
     tag += f"_eta{float(s.eta):g}"
@@ -230,7 +244,14 @@ def settings_tag(cfg, step: int) -> str:
     tag += "_clip"
   if not bool(s.use_ema):
     tag += "_raw"
+  if s.get("guidance_convention", "project") != "project":
+    tag += "_cfgpub"
   return tag
+
+
+def timesteps_hash(timesteps) -> str:
+  """8 hex digits naming an explicit timestep grid in a folder name."""
+  return hashlib.sha256(",".join(str(int(t)) for t in timesteps).encode()).hexdigest()[:8]
 
 
 def _check_writable(out_dir: str) -> None:
@@ -271,6 +292,8 @@ class _SampleSetWriter:
         "guidance_scale": float(s.guidance_scale), "seed": int(s.seed),
         "batch_size": int(s.batch_size), "eta": float(s.eta), "ddpm_variance": s.ddpm_variance,
         "clip_x0": bool(s.clip_x0), "use_ema": bool(s.use_ema), "checkpoint_step": step,
+        "timesteps": [int(t) for t in samplers.config_timesteps(s)],
+        "guidance_convention": str(s.get("guidance_convention", "project")),
         "preset": cfg.preset, **outputs.sample_data_settings(cfg.data)}
     self.fits_dir = os.path.join(out_dir, "fits")
     self.batches_dir = os.path.join(out_dir, BATCHES_DIR)

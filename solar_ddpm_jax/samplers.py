@@ -13,11 +13,13 @@
 
 The grid runs from t = T-1 down to t = 0 and a final step to the data (abar = 1); with
 diffusion.faithful_timesteps it runs T-1..1 and ends at abar_0, as the published code.
+sampling.timesteps replaces it with a given descending grid (a published schedule, say).
 Classifier-free guidance evaluates the conditional and unconditional branches in one batched
 forward pass: out = out_uncond + w (out_cond - out_uncond) (w = 1: conditional, w = 0:
-unconditional). The same key gives bitwise the same images when rerun on the same number of
-devices on the same machine; on another device count they agree to float32 rounding (about 1e-6),
-not bitwise, as each layout compiles to its own program.
+unconditional); sampling.guidance_convention "published" reads the scale as the published
+code's cfg_scale s (guidance_weight). The same key gives bitwise the same images when rerun on the
+same number of devices on the same machine; on another device count they agree to float32
+rounding (about 1e-6), not bitwise, as each layout compiles to its own program.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from absl import logging
 from solar_ddpm_jax import diffusion, labels_outside, sharding
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
+# How sampling.guidance_scale is read: "project", w itself (0 unconditional, 1 conditional);
+# "published", the cfg_scale s of the published sampler (guidance_weight).
+GUIDANCE_CONVENTIONS = ("project", "published")
 
 
 # Lu et al.'s DPM-Solver grid for the cosine schedule ends at T = 0.9946, log-SNR -4.78: beyond
@@ -83,11 +88,45 @@ def timestep_grid(alphas_cumprod, num_steps: int, *, faithful: bool = False,
   return best
 
 
+def timesteps_problem(timesteps, num_timesteps: int, faithful: bool = False) -> str | None:
+  """What is wrong with an explicit grid `timesteps` (sampling.timesteps), or None when nothing.
+
+  A grid is one or more whole timesteps, strictly decreasing, in [0, T) ([1, T) with
+  faithful_timesteps, whose last step goes to abar_0: a point at t = 0 would be a step of zero
+  length). Every sampler accepts one; the step after the last point goes to the data.
+  """
+  lo = 1 if faithful else 0
+  values = list(timesteps) if isinstance(timesteps, list | tuple | np.ndarray) else None
+  if not values:
+    return ("give one or more whole timesteps, e.g. (999, 749, 499, 249, 0); an empty one means "
+            "the sampler's own grid of sampling.num_steps")
+  if not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in values):
+    return "the timesteps must be whole numbers"
+  if any(b >= a for a, b in zip(values[:-1], values[1:], strict=True)):
+    return "the timesteps must be strictly decreasing (from noise to data), each once"
+  if values[0] > num_timesteps - 1 or values[-1] < lo:
+    where = " (diffusion.faithful_timesteps: t = 0 is the end point abar_0)" if faithful else ""
+    return (f"the timesteps must lie in [{lo}, {num_timesteps - 1}] for "
+            f"diffusion.num_timesteps={num_timesteps}{where}")
+  return None
+
+
+def explicit_grid(timesteps, num_timesteps: int, faithful: bool = False) -> np.ndarray:
+  """sampling.timesteps as the int64 grid it is; ValueError naming the setting when it is bad."""
+  problem = timesteps_problem(timesteps, num_timesteps, faithful)
+  if problem:
+    raise ValueError(f"sampling.timesteps={tuple(timesteps)!r}: {problem}.")
+  return np.asarray(timesteps, np.int64)
+
+
 def sampler_grid(sampler: str, alphas_cumprod, num_steps: int, faithful: bool = False,
-                 logsnr_min: float | None = None) -> np.ndarray:
+                 logsnr_min: float | None = None, timesteps=()) -> np.ndarray:
   """The timesteps `sampler` visits for num_steps (one network pass per point, batched with the
   guidance branch). DPM-Solver++ runs on the log-SNR grid (from `logsnr_min` up, where given:
-  COSINE_LOGSNR_MIN for the cosine schedule); the others on the time grid."""
+  COSINE_LOGSNR_MIN for the cosine schedule); the others on the time grid. A non-empty
+  `timesteps` is the grid itself, for every sampler (num_steps is then unused)."""
+  if timesteps is not None and len(timesteps):
+    return explicit_grid(timesteps, len(alphas_cumprod), faithful)
   if sampler == "dpm_solver++":
     return timestep_grid(alphas_cumprod, num_steps, faithful=faithful, spacing="logsnr",
                          logsnr_min=logsnr_min)
@@ -103,7 +142,33 @@ def config_grid(config) -> np.ndarray:
   """The timesteps config.sampling's sampler visits on config.diffusion's (float64) schedule."""
   d, s = config.diffusion, config.sampling
   return sampler_grid(str(s.sampler), diffusion.alphas_cumprod_f64(d), int(s.num_steps),
-                      bool(d.faithful_timesteps), schedule_logsnr_min(d))
+                      bool(d.faithful_timesteps), schedule_logsnr_min(d), config_timesteps(s))
+
+
+def config_timesteps(sampling_config) -> tuple:
+  """sampling.timesteps as a tuple (empty: the sampler's own grid of num_steps)."""
+  return tuple(sampling_config.get("timesteps", None) or ())
+
+
+def guidance_weight(scale, convention: str = "project"):
+  """The weight w of out_uncond + w (out_cond - out_uncond) for sampling.guidance_scale `scale`.
+
+  "project": w = scale. "published": `scale` is the published sampler's cfg_scale s, which
+  computes torch.lerp(uncond, cond, s) = uncond + s (cond - uncond) when s > 0 and the
+  conditional prediction alone (no unconditional pass) when s <= 0: w = s for s > 0, else 1.
+  Works on Python numbers, numpy and (traced) jax arrays.
+  """
+  if convention == "project":
+    return scale
+  if convention != "published":
+    raise ValueError(f"Unknown sampling.guidance_convention {convention!r}: "
+                     f"{' or '.join(map(repr, GUIDANCE_CONVENTIONS))}.")
+  if isinstance(scale, jax.Array):
+    return jnp.where(scale > 0, scale, jnp.ones_like(scale))
+  if np.ndim(scale):
+    scale = np.asarray(scale)
+    return np.where(scale > 0, scale, np.ones_like(scale))
+  return scale if float(scale) > 0 else 1.0
 
 
 def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float = 1.0,
@@ -174,18 +239,19 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
                 guidance_scale=None, null_label: int = 5, prediction: str = "eps",
                 eta: float = 0.0, ddpm_variance: str = "beta", clip_x0: bool = False,
                 faithful: bool = False, sharding_constraint=None,
-                logsnr_min: float | None = None):
+                logsnr_min: float | None = None, timesteps=()):
   """Runs a sampler from x_T down to the data; pure, jit it (one scan over the grid).
 
   model_fn(x [B,...], t [B] int32, labels [B]) -> network output (eps, x0 or v: `prediction`).
   alphas_cumprod: the schedule's abar [T] (concrete; float64 gives the exact coefficients).
-  logsnr_min: the start of DPM-Solver++'s log-SNR grid (schedule_logsnr_min). Returns the final
-  x0 estimate [B, ...] (with `faithful`: x at abar_0, as the published code).
+  logsnr_min: the start of DPM-Solver++'s log-SNR grid (schedule_logsnr_min). timesteps: an
+  explicit descending grid (sampler_grid); empty: the sampler's own. Returns the final x0
+  estimate [B, ...] (with `faithful`: x at abar_0, as the published code).
   """
   if sampler == "ddim" and not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"sampling.eta={eta}: DDIM's eta is in [0, 1] (0 deterministic, 1 DDPM-like).")
   abar_all = np.asarray(alphas_cumprod, np.float64)
-  grid = sampler_grid(sampler, abar_all, num_steps, faithful, logsnr_min)
+  grid = sampler_grid(sampler, abar_all, num_steps, faithful, logsnr_min, timesteps)
   coefs = grid_coefficients(sampler, abar_all, grid, final_abar=abar_all[0] if faithful else 1.0,
                             eta=eta, ddpm_variance=ddpm_variance)
   xs = {k: jnp.asarray(v, jnp.float32) for k, v in coefs.items()}
@@ -252,14 +318,20 @@ def check_labels(labels, num_classes: int) -> None:
 def make_sample_fn(apply_fn, schedule, config, mesh=None):
   """fn(params, labels [B], key, guidance_scale=None) -> images [B, H, W, C] clipped to [-1, 1].
 
-  One compiled program per batch size: the sampler, step count, eta, variance and x0 clipping
-  come from config.sampling; the guidance scale too unless given per call (it is traced, so a
-  sweep over scales does not recompile; w = 1 and w = 0 given as numbers run one network pass
-  per step, the conditional or the unconditional branch alone, in programs of their own). The
-  batch is sharded over `mesh` when given.
+  One compiled program per batch size: the sampler, step count (or explicit timesteps), eta,
+  variance and x0 clipping come from config.sampling; the guidance scale too unless given per
+  call (it is traced, so a sweep over scales does not recompile; w = 1 and w = 0 given as numbers
+  run one network pass per step, the conditional or the unconditional branch alone, in programs
+  of their own). Scales are read in sampling.guidance_convention (guidance_weight). The batch is
+  sharded over `mesh` when given.
   """
   s, m, d = config.sampling, config.model, config.diffusion
-  if float(d.label_dropout) <= 0.0 and float(s.guidance_scale) != 1.0:
+  convention = str(s.get("guidance_convention", "project"))
+  timesteps = config_timesteps(s)
+  if timesteps:  # A bad grid is refused here, before anything compiles.
+    explicit_grid(timesteps, int(d.num_timesteps), bool(d.faithful_timesteps))
+  if (float(d.label_dropout) <= 0.0
+      and float(guidance_weight(float(s.guidance_scale), convention)) != 1.0):
     logging.warning(
         "sampling.guidance_scale=%g with diffusion.label_dropout=0: the model never saw the null "
         "class, so the unconditional branch of the guidance is untrained. Sample with "
@@ -291,7 +363,8 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
                     null_label=int(m.num_classes), prediction=str(d.prediction),
                     eta=float(s.eta), ddpm_variance=str(s.ddpm_variance),
                     clip_x0=bool(s.clip_x0), faithful=bool(d.faithful_timesteps),
-                    sharding_constraint=constraint, logsnr_min=logsnr_min)
+                    sharding_constraint=constraint, logsnr_min=logsnr_min,
+                    timesteps=timesteps)
     return jnp.clip(x, -1.0, 1.0)
 
   jitted = jax.jit(run, out_shardings=out_sharding)
@@ -303,6 +376,7 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
 
   def sample_fn(params, labels, key, guidance_scale=None):
     w = float(s.guidance_scale) if guidance_scale is None else guidance_scale
+    w = guidance_weight(w, convention)
     if not isinstance(labels, jax.Array):
       check_labels(labels, num_classes)
       labels = jnp.asarray(labels, jnp.int32)

@@ -52,7 +52,7 @@ def test_flax_paper_unet_matches_the_reference_with_copied_weights():
   unet = pytest.importorskip("solar_ddpm_jax.unet")
   config = _flax_paper_config()
   torch.manual_seed(0)
-  reference = torch_reference.UNetConditional(image_size=SIZE).eval()
+  reference = torch_reference.UNetConditional(image_size=SIZE, width=64).eval()  # The paper UNet.
   params = torch_reference.to_flax_params(reference, null_row=False)  # Faithful: y=None adds 0.
   expected = jax.eval_shape(lambda k: unet.init_params(config.model, k), jax.random.key(0))
   got_paths = {jax.tree_util.keystr(p): np.shape(v)

@@ -159,14 +159,22 @@ def test_parameters_restore_without_the_optimizer_and_a_misfit_says_what_to_pass
   manager.wait_until_finished()
   manager.close()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  # Sampling with another optimizer setting: only the parameters are read.
+  # Sampling with another optimizer (another state tree), or one that cannot even be built: only
+  # the parameters are read, and the optimizer is never described.
   other_optimizer = config.copy_and_resolve_references()
   other_optimizer.training.grad_clip_norm = 0.0
-  for ema, want in ((True, state.ema_params), (False, state.params)):
-    params, step = checkpointing.restore_params_and_step(other_optimizer, str(tmp_path), ema=ema)
-    assert step == 0
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  no_optimizer = config.copy_and_resolve_references()
+  no_optimizer.training.lr_schedule = "not a schedule"
+  with pytest.raises(ValueError, match="lr_schedule"):
+    train_state.make_optimizer(no_optimizer.training)
+  for sampling_config in (other_optimizer, no_optimizer):
+    for ema, want in ((True, state.ema_params), (False, state.params)):
+      params, step = checkpointing.restore_params_and_step(sampling_config, str(tmp_path),
+                                                           ema=ema)
+      assert step == 0
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Resuming needs the optimizer too; another model fits neither. Both name the run's config.
   manager = checkpointing.create_manager(str(tmp_path), config.training)
   with pytest.raises(ValueError, match=r"step 0 in .*checkpoints does not fit this config.*"

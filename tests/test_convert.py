@@ -370,10 +370,11 @@ def test_published_shapes_are_the_torch_networks_where_torch_is_installed():
   torch = pytest.importorskip("torch")
   sys.path.insert(0, os.path.join(REPO, "bench"))
   import torch_reference
-  model = torch_reference.UNetConditional(image_size=16)  # Its base width is 64 at any size.
-  sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-  assert sd == {k: tuple(v) for k, v in convert.published_shapes(64, 1, 1, 5, 256).items()}
-  del torch
+  for size, width, want in ((16, 64, 64), (64, None, 64), (128, None, 128)):
+    with torch.device("meta"):  # Shapes only: no memory for the 128-wide network.
+      model = torch_reference.UNetConditional(image_size=size, width=width)
+    sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sd == {k: tuple(v) for k, v in convert.published_shapes(want, 1, 1, 5, 256).items()}
 
 
 # ------------------------------------------------------------------ package metadata

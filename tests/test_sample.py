@@ -180,6 +180,43 @@ def test_sample_sets_of_other_settings_get_their_own_folders(trained):
                              2) == "step2_ddim_n4_w3_seed0_b8"
 
 
+def test_a_timestep_grid_and_the_guidance_convention_name_their_own_sample_sets(tmp_path):
+  import hashlib
+  base = sample.sampling_config(aia171.get_config("test"), sampler="ddim", num_steps=4)
+  tags = {sample.settings_tag(base, 2)}
+  for timesteps, convention in [((99, 50, 0), "project"), ((99, 49, 0), "project"),
+                                ((), "published"), ((99, 50, 0), "published")]:
+    cfg = base.copy_and_resolve_references()
+    cfg.sampling.timesteps, cfg.sampling.guidance_convention = timesteps, convention
+    tags.add(sample.settings_tag(cfg, 2))
+    settings = sample._SampleSetWriter(str(tmp_path), cfg, 2, np.zeros(1, np.int32)).settings
+    assert settings["timesteps"] == list(timesteps)
+    assert settings["grid_steps"] == (len(timesteps) or 4)
+    assert settings["guidance_convention"] == convention
+  assert len(tags) == 5
+  digest = hashlib.sha256(b"99,50,0").hexdigest()[:8]
+  assert f"step2_ddim_n3_t{digest}_w3_seed0_b8_cfgpub" in tags
+  # A step count given per call (the classifier's synthetic images) asks for its own grid.
+  cfg.sampling.timesteps = (99, 50, 0)
+  assert sample.sampling_config(cfg, num_steps=5).sampling.timesteps == ()
+  assert sample.sampling_config(cfg, guidance_scale=2.0).sampling.timesteps == (99, 50, 0)
+
+
+def test_the_compiled_sampler_cache_tells_grids_and_conventions_apart(monkeypatch):
+  import collections
+  built = []
+  monkeypatch.setattr(samplers, "make_sample_fn", lambda *a: built.append(
+      (a[2].sampling.timesteps, a[2].sampling.guidance_convention)) or object())
+  monkeypatch.setattr(sample, "_SAMPLE_FN_CACHE", collections.OrderedDict())
+  cfg = aia171.get_config("test")
+  for timesteps, convention in [((), "project"), ((99, 0), "project"), ((99, 0), "project"),
+                                ((99, 1), "project"), ((99, 1), "published")]:
+    cfg.sampling.timesteps, cfg.sampling.guidance_convention = timesteps, convention
+    sample._sample_fn(cfg)
+  assert built == [
+      ((), "project"), ((99, 0), "project"), ((99, 1), "project"), ((99, 1), "published")]
+
+
 def test_a_rerun_replaces_the_fits_files_of_the_last(trained):
   config, workdir = trained
   cfg = config.copy_and_resolve_references()

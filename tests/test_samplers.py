@@ -341,3 +341,134 @@ def test_ode_samplers_follow_the_published_updates_step_by_step(sampler, clip):
   if not clip:  # The stand-in's x0 leaves [-1, 1], so clipping changes the result.
     clipped = _reference_solver(abar64, grid, np.asarray(x_T), eps_np, sampler, clip_x0=True)
     assert np.abs(clipped - want).max() > 1e-2
+
+
+def _recording_model(calls):
+  """A model_fn whose output is zero and which records, per call, the t it is given (all of a
+  batch's rows, as numpy: jax.debug.callback runs at every scan step, in order)."""
+  def model_fn(x, t, labels):
+    jax.debug.callback(lambda t_: calls.append(np.asarray(t_).copy()), t, ordered=True)
+    return jnp.zeros_like(x)
+  return model_fn
+
+
+@pytest.mark.parametrize("sampler", samplers.SAMPLERS)
+def test_a_given_timestep_grid_is_the_grid_the_model_is_called_at(sampler):
+  grid = (950, 700, 333, 90, 12, 3)
+  calls = []
+  x_T = jax.random.normal(jax.random.key(0), (2, 2, 2, 1))
+  out = jax.jit(lambda x: samplers.sample_loop(
+      _recording_model(calls), ABAR, x, jnp.zeros(2, jnp.int32), jax.random.key(1),
+      sampler=sampler, num_steps=50, timesteps=grid))(x_T)
+  jax.effects_barrier()
+  assert [int(c[0]) for c in calls] == list(grid)
+  assert all(np.all(c == c[0]) and c.shape == (2,) for c in calls)
+  if sampler == "ddim":  # eps = 0: each step scales x by sqrt(abar_next / abar), to abar = 1.
+    abar = np.asarray(diffusion.linear_betas(1000), np.float64)
+    abar = np.cumprod(1.0 - abar)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x_T) / np.sqrt(abar[grid[0]]),
+                               rtol=1e-5)
+  np.testing.assert_array_equal(samplers.sampler_grid(sampler, ABAR, 50, timesteps=grid), grid)
+  assert len(samplers.sampler_grid(sampler, ABAR, 50)) == 50  # Empty: the sampler's own grid.
+
+
+def _stub_sample_fn(calls=None, **sampling):
+  """make_sample_fn of the test preset on a stub network: x0-prediction 0.1 (label + 1) for the
+  classes and -0.2 for the null class, recording the timesteps it is called at."""
+  config = aia171.get_config("test")
+  config.diffusion.prediction = "x0"
+  for k, v in sampling.items():
+    setattr(config.sampling, k, v)
+  null = int(config.model.num_classes)
+
+  def apply_fn(params, x, t, y, train=False):
+    if calls is not None:
+      jax.debug.callback(lambda t_: calls.append(np.asarray(t_).copy()), t, ordered=True)
+    value = jnp.where(y == null, -0.2, 0.1 * (y + 1.0)) * params["scale"]
+    return jnp.broadcast_to(value.reshape(-1, 1, 1, 1), x.shape)
+
+  fn = samplers.make_sample_fn(apply_fn, diffusion.make_schedule(config.diffusion), config)
+  return fn, {"scale": jnp.float32(1.0)}, config
+
+
+def test_sampling_timesteps_reach_the_network_through_make_sample_fn():
+  calls = []
+  fn, params, _ = _stub_sample_fn(calls, sampler="dpm_solver++", num_steps=20,
+                                  timesteps=(99, 61, 20, 4, 0), guidance_scale=3.0)
+  fn(params, np.array([0, 4], np.int32), jax.random.key(0))
+  jax.effects_barrier()
+  assert [int(c[0]) for c in calls] == [99, 61, 20, 4, 0]
+  assert all(c.shape == (4,) for c in calls)  # Guided: [cond, uncond] pairs, one pass per step.
+
+
+@pytest.mark.parametrize("timesteps,faithful,problem", [
+    ((50, 50, 0), False, "strictly decreasing"),
+    ((0, 50), False, "strictly decreasing"),
+    ((100, 50, 0), False, r"in \[0, 99\]"),
+    ((50, -1), False, r"in \[0, 99\]"),
+    ((50, 0), True, r"in \[1, 99\] .*faithful_timesteps"),
+    ((50.5, 2), False, "whole numbers"),
+    ((True,), False, "whole numbers"),
+    ("99,0", False, "one or more whole timesteps"),
+])
+def test_bad_timestep_grids_are_refused_naming_the_setting(timesteps, faithful, problem):
+  from solar_ddpm_jax import settings
+  from solar_ddpm_jax.errors import SettingsError
+  config = aia171.get_config("test")  # diffusion.num_timesteps = 100.
+  with config.ignore_type():  # A string reaches a config only through code, not the flags.
+    config.sampling.timesteps = timesteps
+  config.diffusion.faithful_timesteps = faithful
+  with pytest.raises(SettingsError, match=r"^sampling\.timesteps=.*" + problem):
+    settings.check(config, None, "sample")
+  with pytest.raises(ValueError, match=r"sampling\.timesteps=.*" + problem):
+    samplers.sampler_grid("ddim", np.asarray(ABAR)[:100], 10, faithful, timesteps=timesteps)
+
+
+def test_good_timestep_grids_and_conventions_pass_the_settings_check():
+  from solar_ddpm_jax import settings
+  from solar_ddpm_jax.errors import SettingsError
+  config = aia171.get_config("test")
+  for timesteps in ((), (99,), (99, 49, 0), [80, 3]):
+    config.sampling.timesteps = tuple(timesteps)
+    config.sampling.guidance_convention = "published"
+    assert settings.problems(config) == []
+  config.sampling.guidance_scale = -1.0  # Published: the conditional prediction alone.
+  assert settings.problems(config) == []
+  config.sampling.guidance_convention = "project"
+  assert [p.split("=")[0] for p in settings.problems(config)] == ["sampling.guidance_scale"]
+  config.sampling.guidance_convention = "theirs"
+  with pytest.raises(SettingsError, match=r"sampling\.guidance_convention='theirs': allowed "
+                                          r"values are 'project', 'published'"):
+    settings.check(config, None, "sample")
+
+
+def _published_guidance(cond, uncond, s):
+  """The published sampler: torch.lerp(uncond, cond, s) when s > 0, else cond alone."""
+  if s > 0:
+    return uncond + s * (cond - uncond)
+  return cond
+
+
+@pytest.mark.parametrize("convention", ["project", "published"])
+def test_guidance_conventions_give_the_published_and_project_formulas(convention):
+  """One DDIM step from t = T-1 to the data returns the guided x0 prediction itself, so the
+  images are the guidance formula applied to the stub's 0.1 (label + 1) and -0.2 (null)."""
+  labels = np.array([0, 1, 2, 4], np.int32)
+  cond, uncond = 0.1 * (labels + 1.0), -0.2
+  fn, params, _ = _stub_sample_fn(sampler="ddim", timesteps=(99,), guidance_scale=0.0,
+                                  guidance_convention=convention)
+  key = jax.random.key(0)
+
+  def want(s):
+    if convention == "published":
+      w = _published_guidance(cond, uncond, s)
+    else:
+      w = uncond + s * (cond - uncond)
+    return np.clip(w, -1.0, 1.0)[:, None, None, None] * np.ones((1, 16, 16, 1))
+
+  # The config's scale 0: the conditional images (published) or the unconditional ones.
+  np.testing.assert_allclose(np.asarray(fn(params, labels, key)), want(0.0), atol=1e-6)
+  for s in (-1.0, 0.0, 0.4, 1.0, 1.5):
+    for got in (fn(params, labels, key, guidance_scale=s),  # A number: 0 and 1 one branch.
+                fn(params, labels, key, guidance_scale=jnp.float32(s))):  # Traced.
+      np.testing.assert_allclose(np.asarray(got), want(s), atol=1e-6, err_msg=f"s={s}")
