@@ -31,7 +31,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
-  data.source = "manual"  # "manual": FITS + GOES files in data.manual_dir; "synthetic": generated.
+  data.source = "manual"  # "manual": FITS + GOES files in data.manual_dir; "synthetic": generated;
+  # "sdoml": AIA frames from an SDOML v2 zarr store, GOES files in data.manual_dir.
   data.data_dir = ""  # TFDS data dir; "" means $TFDS_DATA_DIR or ~/tensorflow_datasets.
   data.manual_dir = ""  # Folder with AIA FITS files and GOES XRS files (see README).
   data.hek_events = ""  # Saved HEK flare event list (JSON/CSV); "" = label by GOES flux only.
@@ -67,12 +68,20 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.split_gap_hours = 12.0  # Frames this close to a split boundary are dropped (no leakage).
   data.label = "flare_class"  # Conditioning label: "flare_class" (paper) or "forecast_class".
   data.class_balanced = False  # Sample classes uniformly instead of by frequency.
+  # Training draws an example of class k with probability ~ w_k / n_k (class_balance.py): class k
+  # is then w_k / sum(w) of the batches. () = by frequency (or equal weights if class_balanced).
+  data.class_weights = ()  # Per-class sampling weights, A..X, e.g. (1, 1, 1, 1, 1).
   data.prefetch = 2  # Batches prefetched onto the devices.
   data.file_format = "tfrecord"  # "tfrecord" or "array_record".
   data.num_workers = 0  # Processes that preprocess FITS files in the build; 0 = all cores.
   data.max_in_flight = 4  # Decoded full-resolution images in flight per build (memory bound).
   data.cache_dir = ""  # Cache of preprocessed frames; "" = <data_dir>/aia_flares_cache; "off".
   data.beam_pipeline_options = ""  # Build on Apache Beam: "runner=...,..." as in `tfds build`.
+  # SDOML v2 store (data.source == "sdoml"; docs/data.md): a folder or an fsspec URL (s3://, gs://).
+  data.sdoml_store = ""  # Root of the store, holding the year groups ("2011/171A").
+  data.sdoml_start = ""  # First frame time (ISO UTC); "": the store's first.
+  data.sdoml_end = ""  # Frames before this time (ISO UTC); "": to the store's last.
+  data.sdoml_cadence_minutes = 0.0  # One frame per this many minutes (first channel); 0: all.
   # Synthetic archive (data.source == "synthetic"): an AIA-like archive with a consistent GOES file.
   data.synthetic = ml_collections.ConfigDict()
   data.synthetic.num_images = 600  # FITS files written.
@@ -103,6 +112,8 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   model.param_dtype = "float32"  # Parameter dtype (master weights).
   model.remat = False  # Rematerialise blocks in the backward pass (saves memory at 256/512 px).
   model.faithful = False  # Paper quirks: align-corners upsampling, a zero null-class embedding.
+  # "unit": N(0, 1), PyTorch nn.Embedding's init, as in the published code.
+  model.class_embed_init = "default"  # Class embedding init: "default" (Flax's), "unit", "zeros".
 
   # ------------------------------------------------------------------------------ diffusion
   diffusion = config.diffusion = ml_collections.ConfigDict()
@@ -145,7 +156,13 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   sampling = config.sampling = ml_collections.ConfigDict()
   sampling.sampler = "ddpm"  # "ddpm" (ancestral), "ddim" or "dpm_solver++".
   sampling.num_steps = 1000  # Steps (ddpm uses all T; ddim/dpm_solver++ stride over them).
+  # An explicit grid, e.g. (999, 899, ..., 0): strictly decreasing timesteps in [0, T), used by any
+  # sampler in place of num_steps' grid (a published schedule).
+  sampling.timesteps = ()  # () = the sampler's own grid of num_steps.
   sampling.guidance_scale = 3.0  # CFG w: eps = eps_uncond + w (eps_cond - eps_uncond).
+  # "published": guidance_scale is the published sampler's cfg_scale s: w = s for s > 0, the
+  # conditional prediction alone for s <= 0 (docs/sampling.md).
+  sampling.guidance_convention = "project"  # "project": guidance_scale is w itself.
   # CFG w < 0 (here, in evaluation.guidance_scales, classifier.synthetic_guidance) steers away
   # from the class; refused as a likely typo unless this is True.
   sampling.allow_negative_guidance = False  # True: negative guidance scales are allowed.

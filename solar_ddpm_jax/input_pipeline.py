@@ -2,7 +2,8 @@
 
 The training stream is a pure function of (seed, step): the stream is the concatenation of one
 permutation of the split's examples per epoch, each drawn from a generator seeded by
-(seed, split, epoch) (class-balanced draws with replacement when config.data.class_balanced), and
+(seed, split, epoch) (class-weighted draws with replacement, class_balance.draw, when
+config.data.class_weights or class_balanced asks for them), and
 global batch k is rows [k*B, (k+1)*B) of it. An iterator started at `start_step` therefore yields
 exactly what a fresh one yields after `start_step` batches, without reading the skipped ones.
 Each process reads only its rows of every global batch (rows [p*B/P, (p+1)*B/P)), which is the
@@ -18,12 +19,12 @@ import queue
 import shutil
 import tempfile
 import threading
-import zlib
 
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import errors, labels_outside, sharding, tf_setup
+from solar_ddpm_jax import class_balance, errors, labels_outside, sharding, tf_setup
+from solar_ddpm_jax.loaders import batch_indices, epoch_order  # noqa: F401 (the order)
 
 ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "forecast_coverage", "subclass",
                 "goes_flux_w_m2", "time_unix_s")
@@ -55,10 +56,15 @@ def dataset_dirs(config) -> tuple[str, str]:
     root = os.path.join(base, "aia_flares_synthetic", _synthetic_fingerprint(config.data))
     settings = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
     return os.path.join(root, f"tfds_{settings}"), os.path.join(root, "archive")
-  if config.data.source != "manual":
-    raise ValueError(f"Unknown data.source {config.data.source!r}; use 'manual' or 'synthetic'.")
+  if config.data.source not in ("manual", "sdoml"):
+    raise ValueError(f"Unknown data.source {config.data.source!r}; use 'manual', 'sdoml' or "
+                     "'synthetic'.")
   # Reading a built dataset needs only data_dir; manual_dir is checked when a build needs it.
-  return base, os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else ""
+  # (With data.source="sdoml" it holds the GOES XRS files; a folder or an fsspec URL.)
+  manual_dir = config.data.manual_dir
+  if manual_dir and "://" not in manual_dir:
+    manual_dir = os.path.expanduser(manual_dir)
+  return base, manual_dir or ""
 
 
 def _write_synthetic_archive(config, archive_dir: str) -> None:
@@ -105,7 +111,7 @@ def _build_here(config, builder, manual_dir: str, data_dir: str):
   from tfds_aia import builder as aia_builder
   if config.data.source == "synthetic":
     _write_synthetic_archive(config, manual_dir)
-  elif not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+  elif "://" not in manual_dir and (not os.path.isdir(manual_dir) or not os.listdir(manual_dir)):
     raise errors.SettingsError(
         f"data.manual_dir={manual_dir} does not exist or is empty, and there is no dataset in "
         f"data.data_dir={data_dir}: give a folder of AIA FITS and GOES XRS files "
@@ -295,39 +301,6 @@ def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
   return out
 
 
-def _split_seed(split: str) -> int:
-  return zlib.crc32(split.encode())
-
-
-def epoch_order(num_examples: int, seed: int, epoch: int, split: str = "train",
-                labels: np.ndarray | None = None) -> np.ndarray:
-  """Example indices of one epoch: a permutation, or (with `labels`) a class-balanced draw of the
-  same length with replacement (each class equally likely)."""
-  rng = np.random.default_rng([int(seed), _split_seed(split), int(epoch)])
-  if labels is None:
-    return rng.permutation(num_examples)
-  labels = np.asarray(labels)
-  counts = np.bincount(labels)
-  weights = 1.0 / counts[labels]
-  return rng.choice(num_examples, size=num_examples, p=weights / weights.sum())
-
-
-def batch_indices(num_examples: int, batch_size: int, step: int, seed: int,
-                  split: str = "train", labels: np.ndarray | None = None) -> np.ndarray:
-  """Indices of global batch `step`: rows [step*B, (step+1)*B) of the epoch-permutation stream."""
-  if num_examples <= 0:
-    raise ValueError(f"The {split!r} split is empty.")
-  start = int(step) * int(batch_size)
-  out, position = [], start
-  while position < start + batch_size:
-    epoch, offset = divmod(position, num_examples)
-    order = epoch_order(num_examples, seed, epoch, split, labels)
-    take = order[offset:offset + start + batch_size - position]
-    out.append(take)
-    position += len(take)
-  return np.concatenate(out)
-
-
 def local_rows(batch_size: int) -> slice:
   """This process's rows of a global batch."""
   import jax
@@ -372,9 +345,10 @@ def local_batch(arrays: dict, config, step: int, split: str = "train") -> dict:
   """This process's rows of global batch `step` as numpy: image [b,R,R,C], label int32 [b]."""
   batch_size = int(config.training.batch_size)
   labels = arrays[label_field(config)]
-  balanced = bool(config.data.get("class_balanced", False)) and split == "train"
+  weights = (class_balance.class_weights(config.data, int(config.model.num_classes))
+             if split == "train" else None)
   idx = batch_indices(len(labels), batch_size, step, int(config.seed), split,
-                      labels if balanced else None)[local_rows(batch_size)]
+                      None if weights is None else labels, weights)[local_rows(batch_size)]
   return {"image": arrays["image"][idx].astype(np.float32), "label": labels[idx].astype(np.int32)}
 
 

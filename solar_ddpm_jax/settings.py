@@ -16,7 +16,8 @@ import tempfile
 from solar_ddpm_jax import FLARE_CLASSES
 from solar_ddpm_jax.errors import SettingsError
 
-SOURCES = ("manual", "synthetic")  # data.source: real FITS + GOES files, or the generated archive.
+# data.source: real FITS + GOES files, the generated archive, or an SDOML v2 store + GOES files.
+SOURCES = ("manual", "synthetic", "sdoml")
 NO_WORKDIR_MODES = ("build_data",)  # Modes that write only under config.data, not the workdir.
 
 _MISSING = object()
@@ -72,8 +73,13 @@ def _range_problems(config) -> list[str]:
 
 
 def _guidance_problems(config) -> list[str]:
-  """Classifier-free guidance scales: finite, and >= 0 unless explicitly allowed."""
-  allow_negative = bool(_get(config, "sampling.allow_negative_guidance") is True)
+  """Classifier-free guidance scales: finite, and >= 0 unless explicitly allowed.
+
+  Read in the published convention (sampling.guidance_convention), a scale <= 0 is the
+  conditional prediction alone, so negative ones steer nowhere and are not refused.
+  """
+  allow_negative = bool(_get(config, "sampling.allow_negative_guidance") is True
+                        or _get(config, "sampling.guidance_convention") == "published")
   scales = [("sampling.guidance_scale", _get(config, "sampling.guidance_scale")),
             ("classifier.synthetic_guidance", _get(config, "classifier.synthetic_guidance"))]
   sweep = _get(config, "evaluation.guidance_scales")
@@ -132,6 +138,10 @@ def _data_problems(config) -> list[str]:
         f"{_get(config, 'preset')} preset trains on a generated archive). To build the dataset "
         "from the FITS and GOES files in that folder, add --config.data.source=manual; else "
         "leave data.manual_dir unset.")
+  if source == "sdoml" and not _get(config, "data.sdoml_store"):
+    found.append("data.source='sdoml' with no data.sdoml_store: give the root of an SDOML v2 zarr "
+                 "store, a folder or a URL (see docs/data.md), e.g. --config.data.sdoml_store="
+                 "s3://gov-nasa-hdrl-data1/contrib/fdl-sdoml/fdl-sdoml-v2/sdomlv2.zarr.")
   resolution = _get(config, "data.resolution")
   if source == "synthetic":
     frame_name, frame = "data.synthetic.image_size", _get(config, "data.synthetic.image_size")
@@ -159,6 +169,46 @@ def _sampling_problems(config) -> list[str]:
     if sampler is not _MISSING and sampler not in samplers.SAMPLERS:
       found.append(f"{name}={sampler!r}: allowed values are "
                    f"{', '.join(map(repr, samplers.SAMPLERS))}.")
+  convention = _get(config, "sampling.guidance_convention")
+  if convention is not _MISSING and convention not in samplers.GUIDANCE_CONVENTIONS:
+    found.append(f"sampling.guidance_convention={convention!r}: allowed values are "
+                 f"{', '.join(map(repr, samplers.GUIDANCE_CONVENTIONS))} (see docs/sampling.md).")
+  found += _timesteps_problems(config)
+  return found
+
+
+def _timesteps_problems(config) -> list[str]:
+  """sampling.timesteps, an explicit grid (empty: the sampler's own): see samplers.sampler_grid."""
+  from solar_ddpm_jax import samplers
+  timesteps = _get(config, "sampling.timesteps")
+  if timesteps is _MISSING or timesteps is None or (
+      isinstance(timesteps, list | tuple) and not timesteps):
+    return []
+  num_timesteps = _get(config, "diffusion.num_timesteps")
+  if not (isinstance(num_timesteps, int) and num_timesteps >= 1):
+    return []  # Without a schedule length the grid is checked when sampling starts.
+  faithful = _get(config, "diffusion.faithful_timesteps") is True
+  problem = samplers.timesteps_problem(timesteps, num_timesteps, faithful)
+  if problem:
+    return [f"sampling.timesteps={timesteps!r}: {problem}; it is used by every sampler "
+            f"({', '.join(samplers.SAMPLERS)}) in place of sampling.num_steps's grid."]
+  return []
+
+
+def _conditioning_problems(config) -> list[str]:
+  """The class embedding's init (unet.CLASS_EMBED_INITS) and the per-class sampling weights."""
+  found = []
+  init = _get(config, "model.class_embed_init")
+  from solar_ddpm_jax import class_balance, unet
+  if init is not _MISSING and init not in unet.CLASS_EMBED_INITS:
+    found.append(f"model.class_embed_init={init!r}: allowed values are "
+                 f"{', '.join(map(repr, unet.CLASS_EMBED_INITS))}.")
+  num_classes = _get(config, "model.num_classes")
+  if _get(config, "data.class_weights") is not _MISSING and _is_number(num_classes):
+    try:
+      class_balance.class_weights(config.data, int(num_classes))
+    except ValueError as e:
+      found.append(str(e))
   return found
 
 
@@ -194,7 +244,7 @@ def workdir_problems(workdir: str) -> list[str]:
 def problems(config, workdir: str | None = None, mode: str = "train") -> list[str]:
   """Every problem check() finds, one message each (empty when the settings are fine)."""
   found = (_range_problems(config) + _guidance_problems(config) + _model_problems(config)
-           + _data_problems(config) + _sampling_problems(config))
+           + _data_problems(config) + _sampling_problems(config) + _conditioning_problems(config))
   if workdir is not None and mode not in NO_WORKDIR_MODES:
     found += workdir_problems(workdir)
   return found

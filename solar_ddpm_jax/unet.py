@@ -161,6 +161,14 @@ class UNetFields(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  class_embed_init: str = "default"  # A key of CLASS_EMBED_INITS.
+
+
+# Initialisers of the class embedding table (model.class_embed_init): "default" is Flax's
+# (std 1/sqrt(width): a class vector ~1/8 the norm of the sinusoidal time embedding), "unit"
+# PyTorch nn.Embedding's N(0, 1) (comparable to it), "zeros" starts every class equal.
+CLASS_EMBED_INITS = {"default": nn.linear.default_embed_init, "unit": nn.initializers.normal(1.0),
+                     "zeros": nn.initializers.zeros}
 
 
 class PaperUNet(UNetFields):
@@ -181,12 +189,15 @@ class PaperUNet(UNetFields):
     if self.faithful:  # The original: no null row; the unconditional pass adds no class embedding.
       null = labels == self.num_classes  # Labels above it still look up NaN, as without faithful.
       table = nn.Embed(self.num_classes, self.time_embed_dim, name="label_emb",
-                       param_dtype=self.param_dtype)
+                       param_dtype=self.param_dtype,
+                       embedding_init=CLASS_EMBED_INITS[self.class_embed_init])
       emb = emb + jnp.where(null[:, None], 0.0, table(jnp.where(null, 0, labels))
                             ).astype(jnp.float32)
     else:
       emb = emb + nn.Embed(self.num_classes + 1, self.time_embed_dim, name="label_emb",
-                           param_dtype=self.param_dtype)(labels).astype(jnp.float32)
+                           param_dtype=self.param_dtype,
+                           embedding_init=CLASS_EMBED_INITS[self.class_embed_init]
+                           )(labels).astype(jnp.float32)
     emb = nn.silu(emb).astype(self.dtype)
 
     def add_emb(h, name):
@@ -280,7 +291,9 @@ class ModernUNet(UNetFields):
     emb = nn.Dense(emb_dim, name="time_mlp1", **kw)(emb)
     emb = nn.Dense(emb_dim, name="time_mlp2", **kw)(nn.silu(emb))
     emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="label_emb",
-                         param_dtype=self.param_dtype)(labels).astype(self.dtype)
+                         param_dtype=self.param_dtype,
+                         embedding_init=CLASS_EMBED_INITS[self.class_embed_init]
+                         )(labels).astype(self.dtype)
 
     def block(h, features, size, name):
       h = res_block(features, self.dropout, name=f"{name}_res", **kw)(h, emb, train)
@@ -335,7 +348,8 @@ def create_model(model_config) -> nn.Module:
       num_heads=int(c.num_heads), attention_impl=str(c.attention_impl),
       attention_chunk=int(c.attention_chunk), dropout=float(c.dropout),
       time_embed_dim=int(c.time_embed_dim), num_classes=int(c.num_classes), remat=bool(c.remat),
-      dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+      dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
+      class_embed_init=str(c.get("class_embed_init", "default")))
   if c.block_style == "paper":
     return PaperUNet(bottleneck_mult=int(c.bottleneck_mult), faithful=bool(c.faithful), **common)
   if c.block_style == "modern":
@@ -359,3 +373,13 @@ def init_params(model_config, key):
 
 def count_params(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def make_apply_fn(model):
+  """apply_fn(params, x, t, labels, train=False, rngs=None) over a linen model.
+
+  The one signature the diffusion loss, the samplers and the training loop call a model with.
+  """
+  def apply_fn(params, x, t, labels, train=False, rngs=None):
+    return model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
+  return apply_fn
