@@ -1,17 +1,17 @@
-"""Input pipeline time per batch against the train step time: does the data keep up?
+"""Training input throughput: batches/s of both loaders by resolution and workers, against the
+batches/s the train step consumes.
 
-  python bench/bench_input.py [--quick] [--preset paper] [--batch 8] [--batches 50]
+  python bench/bench_input.py [--resolutions 128,256] [--workers 1,2,4] [--frames 512]
+                              [--batch 32] [--batches 30] [--step_preset demo] [--quick]
 
-On the synthetic AIA archive (built once, then reused from the TFDS data dir): the time to build
-and to load the split, then per global batch
-  - producer: input_pipeline.local_batch + sharding.shard_batch (the work behind every batch),
-  - iterator: next() of input_pipeline.create_train_iterator (with its background prefetch),
-  - step: the jitted train step of the same preset and batch on a fixed batch,
-  - fed: the train step fed by the iterator, in blocks alternating with the fixed-batch ones;
-    fed - step is the time the device waits for data, next to the noise of the step time,
-  - the producer alone at the batch sizes of GPU training (--producer_batches): the images/s the
-    pipeline can feed, to hold against a GPU's train-step images/s.
-Prints; asserts nothing.
+Writes --frames random images per resolution in both file formats (bench_input_memory.write: the
+dataset's features, one channel, float32), then runs each case in its own subprocess:
+  - tfdata: loaders.tfdata_batches over TFRecord, the pipeline on a private pool of W threads;
+  - grain: loaders.grain_batches over ArrayRecord, W worker processes;
+and times --batches batches after the first (numpy on the host: the input's own cost). The train
+step row: the jitted train step of --step_preset at the same resolution and batch on this
+machine's devices (input_pipeline's global arrays on the mesh): 1 / its seconds is the batches/s
+training consumes; the input keeps up where its batches/s are larger. Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,126 +22,117 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_input_memory  # noqa: E402
 import common  # noqa: E402
 
 
-def _producer_s(arrays, config, mesh, batches: int) -> float:
-  """Mean seconds to make one global batch: local_batch + shard_batch, to the device."""
-  import jax
-
-  from solar_ddpm_jax import input_pipeline, sharding
-  jax.block_until_ready(sharding.shard_batch(mesh, input_pipeline.local_batch(arrays, config, 0)))
-  t0 = time.perf_counter()
-  for step in range(1, batches + 1):
-    jax.block_until_ready(sharding.shard_batch(
-        mesh, input_pipeline.local_batch(arrays, config, step)))
-  return (time.perf_counter() - t0) / batches
-
-
-def _measure(args) -> list[list[str]]:
+def case(args) -> None:
+  """One loader at one resolution with W workers, in this process."""
+  import tensorflow_datasets as tfds
   sys.path.insert(0, common.REPO)
-  from solar_ddpm_jax import input_pipeline, sharding
-  config = common.bench_config(args.preset, batch_size=args.batch)
-  sharding.configure_xla_cpu(config.mesh)  # Before the backend starts.
+  builder = tfds.builder_from_directory(args.path)
+  t0 = time.perf_counter()
+  it = bench_input_memory.streaming_batches(builder, args.loader, args.batch, args.workers,
+                                           num_threads=args.workers)
+  next(it)
+  start_s = time.perf_counter() - t0
+  t1 = time.perf_counter()
+  for _ in range(args.batches):
+    batch = next(it)
+  assert batch["image"].shape == (args.batch, args.resolution, args.resolution, 1)
+  common.emit({"start_s": start_s, "s_per_batch": (time.perf_counter() - t1) / args.batches,
+               "peak_mib": common.peak_rss_mib()})
+
+
+def step_case(args) -> None:
+  """Seconds of one train step of --step_preset at --resolution and --batch (after compiling)."""
+  sys.path.insert(0, common.REPO)
+  config = common.bench_config(args.step_preset, image_size=args.resolution,
+                               batch_size=args.batch)
+  from solar_ddpm_jax import sharding
+  sharding.configure_xla_cpu(config.mesh)
   import jax
   import numpy as np
-  common.set_jax_dtype(config)
-  with config.unlocked():
-    config.data.source = "synthetic"
-    config.data.synthetic.num_images = args.num_images
-    if args.data_dir:
-      config.data.data_dir = args.data_dir
   mesh = sharding.create_mesh(config.mesh)
-  t0 = time.perf_counter()
-  input_pipeline.build_dataset(config)
-  build_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  arrays = input_pipeline.load_split_arrays(config, "train")
-  load_s = time.perf_counter() - t0
-  n = args.batches
-  producer_s = _producer_s(arrays, config, mesh, n)
-
-  iterator = input_pipeline.create_train_iterator(config, mesh)
-  jax.block_until_ready(next(iterator))
-  t0 = time.perf_counter()
-  for _ in range(n):
-    jax.block_until_ready(next(iterator))
-  iterator_s = (time.perf_counter() - t0) / n
-
-  num_train = len(arrays["flare_class"])
-  print(f"dataset: {num_train} training frames of {int(config.data.resolution)} px; build "
-        f"{build_s:.1f} s (0 when already built), load split {load_s:.2f} s", flush=True)
   _, _, state, step_fn = common.jax_train_setup(config, mesh)
-  fixed = next(iterator)
-  state, metrics = step_fn(state, fixed)
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch(mesh, {
+      "image": rng.uniform(-1, 1, (args.batch, args.resolution, args.resolution,
+                                   int(config.model.in_channels))).astype(np.float32),
+      "label": rng.integers(0, 5, args.batch).astype(np.int32)})
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
-
-  def block(batch_fn) -> float:
-    nonlocal state
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-      state, out = step_fn(state, batch_fn())
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / args.steps
-
-  # Alternate blocks of steps on a fixed batch and on the iterator, so that drifts of the machine
-  # fall on both; the spread of the fixed-batch blocks is the noise floor of the difference.
-  fixed_s, loop_s = [], []
-  for _ in range(args.rounds):
-    fixed_s.append(block(lambda: fixed))
-    loop_s.append(block(lambda: next(iterator)))
-  step_s, fed_s = float(np.median(fixed_s)), float(np.median(loop_s))
-  spread_s = (max(fixed_s) - min(fixed_s)) / 2
-  rows = [
-      ["producer (local_batch + shard_batch)", f"{producer_s * 1e3:.2f}",
-       f"{100 * producer_s / step_s:.2f}%", f"{args.batch / producer_s:,.0f}"],
-      ["iterator next() (prefetched)", f"{iterator_s * 1e3:.2f}",
-       f"{100 * iterator_s / step_s:.2f}%", f"{args.batch / iterator_s:,.0f}"],
-      ["train step, fixed batch (median of blocks)", f"{step_s * 1e3:.1f}", "100%",
-       f"{args.batch / step_s:,.1f}"],
-      ["train step fed by the iterator (median)", f"{fed_s * 1e3:.1f}",
-       f"{100 * fed_s / step_s:.1f}%", f"{args.batch / fed_s:,.1f}"],
-      ["difference (fed - fixed), against the spread of the fixed blocks",
-       f"{(fed_s - step_s) * 1e3:.1f} ± {spread_s * 1e3:.1f}",
-       f"{100 * (fed_s - step_s) / step_s:.1f}%", "-"],
-  ]
-  for batch in args.producer_batches:  # Batch sizes of GPU training (images/s a GPU could use).
-    with config.unlocked():
-      config.training.batch_size = batch
-    big_s = _producer_s(arrays, config, mesh, max(5, n // 5))
-    rows.append([f"producer at batch {batch}", f"{big_s * 1e3:.2f}", "-",
-                 f"{batch / big_s:,.0f}"])
-  return rows
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  common.emit({"compile_s": compile_s, "s_per_step": (time.perf_counter() - t0) / args.steps})
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   common.add_common_args(ap)
-  ap.add_argument("--preset", default=None, help="config preset (default paper; quick demo)")
-  ap.add_argument("--batch", type=int, default=8, help="global batch size")
-  ap.add_argument("--batches", type=int, default=None, help="batches timed (default 50; quick 10)")
-  ap.add_argument("--steps", type=int, default=None,
-                  help="train steps per timed block (default 3; quick 1)")
-  ap.add_argument("--rounds", type=int, default=None,
-                  help="alternating fixed / fed blocks (default 3; quick 2)")
-  ap.add_argument("--producer_batches", default="64,256",
-                  help="further batch sizes whose producer time is measured (no train step)")
-  ap.add_argument("--num_images", type=int, default=None,
-                  help="frames of the synthetic archive (default 600; quick 120)")
-  ap.add_argument("--data_dir", default="", help="TFDS data dir (default: the config's)")
+  ap.add_argument("--resolutions", default="128,256")
+  ap.add_argument("--workers", default="1,2,4", help="tf.data threads / grain processes")
+  ap.add_argument("--loaders", default="tfdata,grain")
+  ap.add_argument("--frames", type=int, default=512, help="frames written per resolution")
+  ap.add_argument("--batch", type=int, default=32, help="global batch (one process reads all)")
+  ap.add_argument("--batches", type=int, default=30)
+  ap.add_argument("--step_preset", default="demo",
+                  help="preset of the train-step row ('' for none); the model at each resolution")
+  ap.add_argument("--steps", type=int, default=3, help="timed train steps")
+  ap.add_argument("--data_dir", default="/tmp/bench_input")
+  ap.add_argument("--timeout", type=float, default=1800, help="seconds per case")
+  ap.add_argument("--loader", default="", help=argparse.SUPPRESS)
+  ap.add_argument("--path", default="", help=argparse.SUPPRESS)
+  ap.add_argument("--resolution", type=int, default=0, help=argparse.SUPPRESS)
+  ap.add_argument("--worker_count", type=int, default=0, help=argparse.SUPPRESS)
   args = ap.parse_args()
   common.configure_threads(args.threads)
-  args.preset = args.preset or ("demo" if args.quick else "paper")
-  args.batches = args.batches or (10 if args.quick else 50)
-  args.steps = args.steps or (1 if args.quick else 3)
-  args.rounds = args.rounds or (2 if args.quick else 3)
-  args.producer_batches = [int(b) for b in args.producer_batches.split(",") if b]
-  args.num_images = args.num_images or (120 if args.quick else 600)
-  common.header("Input pipeline vs train step", args)
-  print(f"preset {args.preset}; global batch {args.batch}", flush=True)
-  rows = _measure(args)
-  print()
-  common.print_table(["per batch", "ms", "of the step time", "images/s"], rows)
+  if args.case == "step":
+    step_case(args)
+    return
+  if args.case:
+    args.workers = args.worker_count
+    case(args)
+    return
+  if args.quick:
+    args.resolutions, args.workers, args.frames, args.batches = "128", "1,2", 256, 10
+  common.header("Training input: batches/s by loader and workers vs the train step", args)
+  rows = []
+  for res in [int(r) for r in args.resolutions.split(",")]:
+    paths = {}
+    for loader in args.loaders.split(","):
+      fmt = "array_record" if loader == "grain" else "tfrecord"
+      if fmt not in paths:
+        paths[fmt] = bench_input_memory.write(args.data_dir, args.frames, res, fmt)
+      for workers in [int(w) for w in args.workers.split(",")]:
+        r = common.run_case("bench_input.py", [
+            "--case", "1", "--loader", loader, "--path", paths[fmt], "--batch", str(args.batch),
+            "--batches", str(args.batches), "--worker_count", str(workers), "--resolution",
+            str(res), "--threads", str(args.threads)], timeout_s=args.timeout)
+        if "error" in r:
+          rows.append([str(res), loader, str(workers), r["error"], "", "", ""])
+          continue
+        rows.append([str(res), loader, str(workers), common.fmt(1 / r["s_per_batch"], ".1f"),
+                     common.fmt(args.batch / r["s_per_batch"], ".0f"),
+                     common.fmt(r["start_s"], ".1f"), common.fmt(r["peak_mib"], ".0f")])
+    if args.step_preset:
+      r = common.run_case("bench_input.py", [
+          "--case", "step", "--step_preset", args.step_preset, "--resolution", str(res),
+          "--batch", str(args.batch), "--steps", str(args.steps), "--threads",
+          str(args.threads)], timeout_s=args.timeout)
+      if "error" in r:
+        rows.append([str(res), f"train step ({args.step_preset})", "-", r["error"], "", "", ""])
+      else:
+        rows.append([str(res), f"train step ({args.step_preset}, consumes)", "-",
+                     common.fmt(1 / r["s_per_step"], ".2f"),
+                     common.fmt(args.batch / r["s_per_step"], ".1f"),
+                     common.fmt(r["compile_s"], ".1f"), "-"])
+  common.print_table(["px", "loader", "workers", "batches/s", "images/s", "start s",
+                      "peak MiB"], rows)
   print(f"after the run: {common.load_average()}")
 
 

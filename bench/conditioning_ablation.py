@@ -7,6 +7,7 @@ sweep of a trained model.
   python bench/conditioning_ablation.py table [--results ...]
   python bench/conditioning_ablation.py sweep --workdir W [--judge /tmp/judge] \
       [--scales 0,1,2,3,5,7] [--figure bench/figures/guidance_sweep.png]
+  python bench/conditioning_ablation.py signal [--preset demo] [--data_dir D] [--set KEY=VALUE]
 
 `arm` trains the preset with the given settings and seed (config.seed; the sampling seed stays the
 preset's), then measures the conditioning accuracy: the judge's accuracy on generated images of a
@@ -19,6 +20,11 @@ The judge is the real-only flare classifier of solar_ddpm_jax.classifier (traine
 only, on the first classifier seed); --judge names its folder and it is trained there once when
 absent, so every arm of an ablation is scored by the same judge. It is never trained on or tuned to
 generated images.
+
+`signal` measures how much a class label can tell the network about the training images: the
+share of the per-pixel variance over images that the class means explain (at high noise the best
+denoiser predicts the class mean, so this bounds what the label can lower the loss by), that
+variance against the unit variance of the noise, and per-class statistics of the brightest pixels.
 
 `table` prints the mean and standard deviation over seeds of each arm. `sweep` samples a trained
 model at several guidance scales and writes per-class conditioning accuracy (= recall), precision
@@ -56,6 +62,13 @@ def make_config(preset: str, settings: list[str], seed: int):
   """The preset's config with KEY=VALUE settings applied and config.seed = seed."""
   from configs import aia171
   config = aia171.get_config(preset)
+  apply_settings(config, settings)
+  config.seed = int(seed)
+  return config
+
+
+def apply_settings(config, settings: list[str]) -> None:
+  """Sets each KEY=VALUE of `settings` in config (refusing keys the config lacks)."""
   for item in settings:
     key, sep, value = item.partition("=")
     if not sep:
@@ -70,8 +83,6 @@ def make_config(preset: str, settings: list[str], seed: int):
     if isinstance(node[leaf], tuple) and not isinstance(value, tuple):
       value = (value,)
     node[leaf] = value
-  config.seed = int(seed)
-  return config
 
 
 def judge(config, judge_dir: str):
@@ -173,6 +184,9 @@ def sweep_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
     out[f"recall_{name}"] = float(np.mean(pred[asked] == i)) if asked.any() else float("nan")
     out[f"precision_{name}"] = (float(np.mean(labels[said] == i)) if said.any()
                                 else float("nan"))
+  # Rows: requested (or true) class, columns: the judge's class.
+  out["confusion"] = np.bincount(labels * len(NAMES) + pred, minlength=len(NAMES) ** 2
+                                 ).reshape(len(NAMES), len(NAMES)).tolist()
   return out
 
 
@@ -182,15 +196,19 @@ def run_sweep(args) -> dict:
   from solar_ddpm_jax.evaluation import fid as fid_lib
   with open(os.path.join(args.workdir, "config.json")) as f:
     recorded = json.load(f)
-  config = make_config(recorded.get("preset", "demo"), args.set, int(recorded.get("seed", 0)))
+  config = make_config(recorded.get("preset", "demo"), [], int(recorded.get("seed", 0)))
   _update(config, recorded)
+  apply_settings(config, args.set)  # After the run's own settings: --set wins.
   predict_fn, judge_path, _ = judge(config, args.judge)
   apply_fn, params, _ = classifier_train.load_classifier(judge_path)
   real = input_pipeline.load_split_arrays(config, "test")
   real_features = np.asarray(classifier_train.features(apply_fn, params, real["image"]))
   labels = requested_labels(config)
   scales = [float(s) for s in args.scales.split(",")]
+  judge_real = sweep_scores(predict_fn(real["image"]), np.asarray(real["flare_class"]))
+  print("judge on real test images", json.dumps(judge_real))
   result = {"workdir": args.workdir, "judge": judge_path, "scales": scales, "rows": {},
+            "judge_real": judge_real,
             "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])}
   for w in scales:
     images = sample.generate(config, args.workdir, labels, guidance_scale=w,
@@ -249,6 +267,39 @@ def plot_sweep(result: dict, path: str) -> None:
   plt.close(fig)
 
 
+def class_signal(images: np.ndarray, labels: np.ndarray, num_classes: int = 5) -> dict:
+  """Per-pixel variance over images (mean over pixels), the fraction of it between class means,
+  and per class: count, mean of the 4 brightest pixels, fraction of pixels above 0.9 ([-1, 1])."""
+  x = images.reshape(len(images), -1).astype(np.float64)
+  mu = x.mean(0)
+  total = float(((x - mu) ** 2).sum(1).mean())
+  between = 0.0
+  per_class = {}
+  top4 = np.sort(x, 1)[:, -4:].mean(1)
+  for k in range(num_classes):
+    sel = labels == k
+    if not sel.any():
+      continue
+    between += float(sel.mean() * ((x[sel].mean(0) - mu) ** 2).sum())
+    per_class[NAMES[k]] = dict(count=int(sel.sum()), top4_mean=float(top4[sel].mean()),
+                               top4_std=float(top4[sel].std()),
+                               bright_fraction=float((x[sel] > 0.9).mean()))
+  return dict(pixel_variance=total / x.shape[1], between_class_fraction=between / total,
+              per_class=per_class)
+
+
+def run_signal(args) -> dict:
+  from solar_ddpm_jax import input_pipeline
+  config = make_config(args.preset, args.set, 0)
+  if args.data_dir:
+    config.data.data_dir = args.data_dir
+  input_pipeline.build_dataset(config)
+  split = input_pipeline.load_split_arrays(config, "train")
+  result = class_signal(split["image"], split["flare_class"])
+  print(json.dumps(result, indent=1))
+  return result
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -270,8 +321,14 @@ def main(argv=None) -> None:
   sweep.add_argument("--scales", default="0,1,2,3,5,7")
   sweep.add_argument("--figure", default=os.path.join(REPO, "bench", "figures",
                                                       "guidance_sweep.png"))
+  signal = sub.add_parser("signal", help="how much the class label explains of the images")
+  signal.add_argument("--preset", default="demo")
+  signal.add_argument("--set", action="append", default=[], help="KEY=VALUE config setting")
+  signal.add_argument("--data_dir", default="", help="TFDS data dir (default: the preset's)")
   args = parser.parse_args(argv)
-  if args.command == "arm":
+  if args.command == "signal":
+    run_signal(args)
+  elif args.command == "arm":
     run_arm(args)
   elif args.command == "table":
     print_table(args)

@@ -16,6 +16,7 @@ Presets are chosen with the config string, e.g.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 PRESETS = ("paper", "demo", "test", "res128", "res256", "res512", "multichannel", "modern")
 
@@ -72,6 +73,13 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   # is then w_k / sum(w) of the batches. () = by frequency (or equal weights if class_balanced).
   data.class_weights = ()  # Per-class sampling weights, A..X, e.g. (1, 1, 1, 1, 1).
   data.prefetch = 2  # Batches prefetched onto the devices.
+  # Training input (docs/input.md): streamed per process, never a whole split in memory.
+  data.loader = "tfdata"  # "tfdata" (TFRecord files) or "grain" (data.file_format="array_record").
+  data.shuffle_buffer = 1024  # tfdata: examples in each process's shuffle buffer (host memory).
+  data.num_loader_workers = 0  # grain: reader processes (0: threads in the training process).
+  # Evaluation, feature export and the classifier read at most this many examples of a split into
+  # memory, evenly spread in time, and record it next to their metrics (FID-10k by default).
+  data.max_real_examples = 10_000  # 0 = the whole split.
   data.file_format = "tfrecord"  # "tfrecord" or "array_record".
   data.num_workers = 0  # Processes that preprocess FITS files in the build; 0 = all cores.
   data.max_in_flight = 4  # Decoded full-resolution images in flight per build (memory bound).
@@ -87,16 +95,19 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   data.synthetic.num_images = 600  # FITS files written.
   data.synthetic.image_size = 256  # Full-disc size in pixels of the written FITS files.
   data.synthetic.class_weights = (0.3, 0.3, 0.25, 0.1, 0.05)  # Fractions of A, B, C, M, X.
-  data.synthetic.start = "2012-01-01"  # First observation time; cadence spreads over 3 years.
+  data.synthetic.start = "2012-01-01"  # First observation time; observing runs span 3 years.
   data.synthetic.seed = 1  # Seed of the archive (independent of training seeds).
   data.synthetic.compress = False  # Rice-compress the FITS files (as AIA ships them; slower).
 
   # ---------------------------------------------------------------------------------- model
   model = config.model = ml_collections.ConfigDict()
   model.block_style = "paper"  # "paper": DoubleConv blocks of the publication; "modern": ResBlocks.
-  model.image_size = 64  # Input resolution (independent of width, unlike the original code).
-  model.in_channels = 1  # Image channels (= len(data.channels)).
-  model.out_channels = 1  # Predicted channels (eps, x0 or v of each image channel).
+  # Tied to data.resolution (one value: setting either sets both), independent of the width.
+  model.image_size = data.get_ref("resolution")  # Input resolution in pixels.
+  # Both follow data.channels, e.g. --config.data.channels=171,193 gives 2 (settings.py refuses
+  # a value set to disagree with it).
+  model.in_channels = _channel_count(data)  # Image channels (= len(data.channels)).
+  model.out_channels = _channel_count(data)  # Predicted channels (eps, x0 or v of each channel).
   model.base_channels = 64  # Width of the first level.
   model.channel_mult = (1, 2, 4, 4)  # Width multipliers per level (64/128/256/256 for the paper).
   model.bottleneck_mult = 8  # Bottleneck width multiplier (512 for the paper).
@@ -242,6 +253,19 @@ def get_config(preset: str = "paper") -> ml_collections.ConfigDict:
   return _PRESET_OVERRIDES[preset](config)
 
 
+def _count(_, channels) -> int:
+  return len(channels)
+
+
+def _channel_count(data) -> config_dict.FieldReference:
+  """len(data.channels), computed whenever it is read: a preset or the command line that changes
+  data.channels changes it. ml_collections has no public op that changes a reference's type
+  (len: tuple -> int), so this builds the one `FieldReference.to_int` builds, with len."""
+  return config_dict.FieldReference(
+      len(data.channels), field_type=int,
+      op=config_dict._Op(_count, [data.get_ref("channels")]))  # noqa: SLF001
+
+
 def _paper(config):
   return config
 
@@ -259,7 +283,6 @@ def _demo(config):
   config.data.train_end = "2014-01-01"
   config.data.val_end = "2014-07-01"
   config.data.num_workers = 1  # Small frames: one process is faster than starting a pool.
-  config.model.image_size = 32
   config.model.base_channels = 24
   config.model.channel_mult = (1, 2, 2)
   config.model.bottleneck_mult = 4
@@ -288,7 +311,7 @@ def _demo(config):
   config.classifier.widths = (16, 32, 64)
   config.classifier.blocks_per_stage = 1
   config.classifier.num_train_steps = 400
-  config.classifier.seeds = (0, 1)
+  config.classifier.seeds = (0, 1, 2)
   config.classifier.num_synthetic_per_class = 64
   config.classifier.synthetic_sampler = "dpm_solver++"  # v-prediction: 20 ODE steps suffice.
   config.classifier.synthetic_steps = 20
@@ -301,7 +324,6 @@ def _test(config):
   config.data.resolution = 16
   config.data.synthetic.num_images = 48
   config.data.synthetic.image_size = 64
-  config.model.image_size = 16
   config.model.base_channels = 8
   config.model.channel_mult = (1, 2)
   config.model.bottleneck_mult = 2
@@ -340,7 +362,6 @@ def _test(config):
 def _high_res(resolution):
   def override(config):
     config.data.resolution = resolution
-    config.model.image_size = resolution
     config.model.block_style = "modern"
     config.model.channel_mult = {128: (1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4),
                                  512: (1, 1, 2, 2, 4, 4, 4)}[resolution]
@@ -355,8 +376,6 @@ def _high_res(resolution):
 def _multichannel(config):
   config.data.channels = (171, 193, 211, 304)
   config.data.dn_ceiling = (3000.0, 6000.0, 3000.0, 1000.0)
-  config.model.in_channels = 4
-  config.model.out_channels = 4
   return config
 
 

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the TrainState: async saves, last N + best by eval loss, sharded restores.
 
-A checkpoint holds the whole TrainState and a small JSON record of the data position. The input
-pipeline is a pure function of (seed, step), so the step is the data position: a restored run
-restarts its iterator at `start_step=step` and sees the same batches as an uninterrupted run.
+A checkpoint holds the whole TrainState and a small JSON record of the data position: the
+examples consumed (step x global batch) and the loader that read them (data.loader, the number of
+processes). The input pipeline is a pure function of (seed, step) (and, for the "tfdata" loader,
+of the process count), so a restored run restarts its iterator at the batch after the examples
+consumed (`data_start_step`) and sees the same batches as an uninterrupted run.
 Restores take target shardings, so a run saved on 8 devices resumes on 4 (or on a pod).
 
 Only finite states are saved: `save` refuses a state with a NaN or Inf anywhere in its
@@ -121,9 +123,15 @@ def run_settings(config) -> dict:
   return out
 
 
+def loader_record(config) -> dict:
+  """The loader a run reads with, as a checkpoint records it (docs/input.md)."""
+  return {"name": str(config.data.loader), "process_count": jax.process_count(),
+          "shuffle_buffer": int(config.data.shuffle_buffer)}
+
+
 def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
          data_seed: int = 0, batch_size: int | None = None, settings: dict | None = None,
-         force: bool = False) -> bool:
+         loader: dict | None = None, force: bool = False) -> bool:
   """Starts an async save of `state` at its step (collective: every process calls it).
 
   Raises NonFiniteError, saving nothing, when any float leaf of `state` (parameters, EMA
@@ -142,6 +150,9 @@ def save(manager: ocp.CheckpointManager, state, *, metrics: dict | None = None,
   data = {"step": step, "data_seed": int(data_seed)}
   if batch_size is not None:
     data["batch_size"] = int(batch_size)
+    data["examples_consumed"] = step * int(batch_size)  # The loader's position.
+  if loader:
+    data["loader"] = dict(loader)
   if settings:
     data["settings"] = dict(settings)
   if metrics is not None:
@@ -182,12 +193,33 @@ def check_resume_record(record: dict, config, directory) -> None:
         f"The checkpoints in {directory} were trained with other settings ({differ}): "
         f"resuming would continue a different run. Resume with {passes}, or train in a new "
         "--workdir.")
+  saved_loader, ours = record.get("loader") or {}, loader_record(config)
+  changed = [k for k in ("name", "process_count", "shuffle_buffer")
+             if k in saved_loader and saved_loader[k] != ours[k]
+             and (k == "name" or ours["name"] == "tfdata")]  # grain's order has no such terms.
+  if changed:
+    logging.warning(
+        "Resuming with another input order (%s): the checkpoints in %s were read with %s. "
+        "Training goes on from the same number of examples consumed, but the data order is no "
+        "longer that of one uninterrupted run.",
+        ", ".join(f"{k}: checkpoint {saved_loader[k]!r}, now {ours[k]!r}" for k in changed),
+        directory, saved_loader)
   batch = record.get("batch_size")
   if batch is not None and int(batch) != int(config.training.batch_size):
     logging.warning(
         "Resuming with training.batch_size=%d; the checkpoints in %s used %d. Training goes on, "
         "but the data order is no longer that of one uninterrupted run.",
         int(config.training.batch_size), directory, int(batch))
+
+
+def data_start_step(record: dict, step: int, batch_size: int) -> int:
+  """The loader's start batch after a restore: the examples the checkpoint's record says were
+  consumed, in batches of `batch_size` (the step itself with an unchanged batch size, or a record
+  without the count)."""
+  consumed = record.get("examples_consumed")
+  if consumed is None:
+    return int(step)
+  return int(consumed) // int(batch_size)
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -21,7 +21,7 @@ def class_weights(data_config, num_classes: int) -> np.ndarray | None:
   data.class_weights (one weight per class, A..X) when given; else equal weights when
   data.class_balanced is True; else None.
   """
-  weights = tuple(data_config.get("class_weights", ()) or ())
+  weights = tuple(data_config.class_weights or ())
   if weights:
     weights = np.asarray(weights, np.float64)
     if weights.shape != (num_classes,) or not np.all(np.isfinite(weights)) or np.any(
@@ -29,7 +29,7 @@ def class_weights(data_config, num_classes: int) -> np.ndarray | None:
       raise ValueError(f"data.class_weights={tuple(weights.tolist())} must be {num_classes} "
                        "finite weights >= 0 (one per class), not all 0.")
     return weights
-  if bool(data_config.get("class_balanced", False)):
+  if bool(data_config.class_balanced):
     return np.ones(num_classes, np.float64)
   return None
 

@@ -92,12 +92,12 @@ def write_report(config, workdir: str, sample_dir: str, *, timings_s: dict,
 def run_demo(config, workdir: str) -> str:
   """Builds the data (synthetic archive when absent), trains, samples, trains the real-only flare
   classifier, evaluates and writes report.md."""
-  from solar_ddpm_jax import input_pipeline
+  from solar_ddpm_jax import dataset
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   timings = {}
   t0 = time.time()
-  input_pipeline.build_dataset(config, workdir)
+  dataset.build_dataset(config, workdir)
   timings["data"] = time.time() - t0
   t0 = time.time()
   train.train_and_evaluate(config, workdir)

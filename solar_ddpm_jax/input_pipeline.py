@@ -1,304 +1,68 @@
-"""From the built `aia_flares` dataset to global jax.Array batches sharded over the mesh.
+"""Training and validation batches for the mesh: a stream read per JAX process, global
+jax.Arrays batch-sharded over the mesh, prefetched onto the devices.
 
-The training stream is a pure function of (seed, step): the stream is the concatenation of one
-permutation of the split's examples per epoch, each drawn from a generator seeded by
-(seed, split, epoch) (class-weighted draws with replacement, class_balance.draw, when
-config.data.class_weights or class_balanced asks for them), and
-global batch k is rows [k*B, (k+1)*B) of it. An iterator started at `start_step` therefore yields
-exactly what a fresh one yields after `start_step` batches, without reading the skipped ones.
-Each process reads only its rows of every global batch (rows [p*B/P, (p+1)*B/P)), which is the
-per-process split of the data; `sharding.shard_batch` assembles the global arrays.
+    dataset.prepared_builder -> loaders (tf.data or grain, this process's rows) -> shard_batch
+
+Nothing here holds a split: memory is a few batches, tf.data's shuffle buffer and the split's label
+columns (dataset.label_columns), whatever the archive's size. data.loader picks the reader:
+
+- "tfdata" (default; TFRecord): tf.data in every process over its own even share of
+  the split's examples (tfds.split_for_jax_process), the file order and a shuffle buffer of
+  data.shuffle_buffer examples seeded by (seed, split, epoch, process), parallel decoding. Class
+  weights (data.class_weights / class_balanced) thin each epoch by class in the same stream
+  (loaders.keep_probabilities). The stream depends on the number of processes (each reads its
+  share), not on the number of devices.
+- "grain" (ArrayRecord): random access. Global batch k holds the examples of rows [k*B, (k+1)*B)
+  of one permutation per epoch of the split in time order (class-weighted draws with replacement,
+  class_balance.draw, with class weights), seeded by (seed, split, epoch); each process reads only
+  its rows [p*B/P, (p+1)*B/P) of each global batch, with data.num_loader_workers processes. The
+  stream depends on neither the process nor the device count, and is the one `local_batch` draws
+  from a split held in memory.
+
+Both are pure functions of (seed, step): an iterator started at `start_step` yields exactly what a
+fresh one yields after `start_step` batches (tf.data re-reads at most one epoch's share to get
+there; grain reads nothing it skips), so a checkpoint's step is the loader's position.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import queue
-import shutil
-import tempfile
 import threading
 
 import numpy as np
-from absl import logging
 
-from solar_ddpm_jax import class_balance, errors, labels_outside, sharding, tf_setup
+from solar_ddpm_jax import (
+  class_balance,
+  dataset,
+  errors,
+  labels_outside,
+  loaders,
+  sharding,
+  tf_setup,
+)
+
+# Kept under their former names here, for callers that read the dataset through this module.
+from solar_ddpm_jax.dataset import (  # noqa: F401
+  _base_data_dir,
+  _builder,
+  _write_synthetic_archive,
+  build_dataset,
+  dataset_dirs,
+  label_field,
+  load_split_arrays,
+)
 from solar_ddpm_jax.loaders import batch_indices, epoch_order  # noqa: F401 (the order)
 
-ARRAY_FIELDS = ("image", "flare_class", "forecast_class", "forecast_coverage", "subclass",
-                "goes_flux_w_m2", "time_unix_s")
-FORECAST_LABELS = ("forecast_class", "forecast_binary")  # Labels of the forecast window's peak.
+LOADERS = ("tfdata", "grain")
 
 
-def _base_data_dir(config) -> str:
-  return os.path.expanduser(config.data.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-                            or "~/tensorflow_datasets")
-
-
-def _synthetic_fingerprint(data_config) -> str:
-  s = data_config.synthetic
-  spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
-  spec["channels"] = [int(c) for c in data_config.channels]
-  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def dataset_dirs(config) -> tuple[str, str]:
-  """(TFDS data_dir, manual_dir) of config.data; manual_dir is "" when a manual source has none.
-
-  Synthetic archives live in <data_dir>/aia_flares_synthetic/<fingerprint of the synthetic
-  settings>/archive, their datasets next to them under tfds_<fingerprint of the build settings>,
-  so differently configured archives and builds never collide.
-  """
-  from tfds_aia import builder as aia_builder
-  base = _base_data_dir(config)
-  if config.data.source == "synthetic":
-    root = os.path.join(base, "aia_flares_synthetic", _synthetic_fingerprint(config.data))
-    settings = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
-    return os.path.join(root, f"tfds_{settings}"), os.path.join(root, "archive")
-  if config.data.source not in ("manual", "sdoml"):
-    raise ValueError(f"Unknown data.source {config.data.source!r}; use 'manual', 'sdoml' or "
-                     "'synthetic'.")
-  # Reading a built dataset needs only data_dir; manual_dir is checked when a build needs it.
-  # (With data.source="sdoml" it holds the GOES XRS files; a folder or an fsspec URL.)
-  manual_dir = config.data.manual_dir
-  if manual_dir and "://" not in manual_dir:
-    manual_dir = os.path.expanduser(manual_dir)
-  return base, manual_dir or ""
-
-
-def _write_synthetic_archive(config, archive_dir: str) -> None:
-  """Writes the archive into a temporary folder and renames it (safe against parallel builds)."""
-  from tfds_aia import synthetic
-  if os.path.exists(os.path.join(archive_dir, "SYNTHETIC_ARCHIVE.txt")):
-    return
-  parent = os.path.dirname(archive_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="archive.incomplete.", dir=parent)
-  logging.info("Writing the synthetic AIA archive (%d frames) to %s",
-               config.data.synthetic.num_images, archive_dir)
-  synthetic.write_from_config(config.data, tmp)
-  try:
-    os.rename(tmp, archive_dir)
-  except OSError:  # Written meanwhile by another process.
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _builder(config):
-  from tfds_aia import builder as aia_builder
-  data_dir, _ = dataset_dirs(config)
-  return aia_builder.make_builder(config.data, data_dir=data_dir)
-
-
-def _check_settings(builder, config) -> None:
-  """A dataset built with other preprocessing settings must not be read as this one."""
-  from tfds_aia import builder as aia_builder
-  path = os.path.join(os.fspath(builder.data_dir), aia_builder.SETTINGS_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    built = json.load(f).get("fingerprint")
-  wanted = aia_builder.settings_fingerprint(aia_builder.settings_from_config(config.data))
-  if built != wanted:
-    raise errors.SettingsError(
-        f"The dataset in {builder.data_dir} was built with other data settings (fingerprint "
-        f"{built}, config {wanted}); set data.data_dir to another folder or delete that one to "
-        "rebuild.")
-
-
-def _build_here(config, builder, manual_dir: str, data_dir: str):
-  """Builds the dataset of `builder` from `manual_dir` in this process; returns the builder."""
-  from tfds_aia import builder as aia_builder
-  if config.data.source == "synthetic":
-    _write_synthetic_archive(config, manual_dir)
-  elif "://" not in manual_dir and (not os.path.isdir(manual_dir) or not os.listdir(manual_dir)):
-    raise errors.SettingsError(
-        f"data.manual_dir={manual_dir} does not exist or is empty, and there is no dataset in "
-        f"data.data_dir={data_dir}: give a folder of AIA FITS and GOES XRS files "
-        "(python -m tfds_aia.fetch writes one).")
-  try:
-    aia_builder.build(builder, manual_dir)
-  except OSError:
-    builder = _builder(config)  # Another process finished the same build first.
-    if not builder.is_prepared():
-      raise
-  skipped = aia_builder.read_manifest(builder)
-  logging.info("Built %s in %s: %s; %d files skipped (%s)", builder.info.full_name, data_dir,
-               {k: v.num_examples for k, v in builder.info.splits.items()}, len(skipped),
-               os.path.join(os.fspath(builder.data_dir), aia_builder.SKIP_MANIFEST))
-  return builder
-
-
-def _on_every_process(step: str, here: bool, fn, default):
-  """Runs fn() on the processes where `here` is true (default elsewhere), then tells every
-  process of the job whether it failed anywhere: the failing process raises its own error and
-  every other one an error naming it, so that none is left waiting in a later collective for a
-  process that has stopped. Collective: every process calls it, in the same order.
-  """
-  import jax
-  from jax.experimental import multihost_utils
-  error, result = None, default
-  if here:
-    try:
-      result = fn()
-    except Exception as e:  # Raised below, once the others know.
-      error = e
-  ok = np.asarray(multihost_utils.process_allgather(np.int32(error is None))).reshape(-1)
-  if error is not None:
-    raise error
-  failed = [i for i, flag in enumerate(ok) if not flag]
-  if failed:
-    raise RuntimeError(
-        f"Process {jax.process_index()}: {step} failed on process {', '.join(map(str, failed))} "
-        "(its log has the error); this process stops too.")
-  return result
-
-
-def build_dataset(config, workdir: str | None = None):
-  """Builds the dataset of config.data when it is absent (writing the synthetic archive first
-  for data.source == "synthetic"); returns the prepared TFDS builder. `workdir` is unused: the
-  data live where config.data says, shared by every run.
-
-  In a multi-host job process 0 builds and the others wait for it. A process that still finds no
-  dataset afterwards has a data_dir of its own (the default ~/tensorflow_datasets is on each
-  host's local disk): it builds its own copy from the same inputs, which gives the same records.
-  """
-  del workdir
-  tf_setup.hide_accelerators_from_tensorflow()
-  import jax
-  data_dir, manual_dir = dataset_dirs(config)
-  builder = _builder(config)
-  if not manual_dir:  # Nothing to build from: each process reads its data_dir or stops.
-    def find():
-      if not builder.is_prepared():
-        raise errors.SettingsError(
-            f"No {builder.info.full_name} dataset in data.data_dir={data_dir}, and data.source="
-            "'manual' needs data.manual_dir to build it: a folder of AIA FITS and GOES XRS files "
-            "(python -m tfds_aia.fetch writes one). Pass --config.data.manual_dir=FOLDER, or "
-            "point data.data_dir at the built dataset, or use data.source='synthetic'.")
-    if jax.process_count() == 1:
-      find()
-    else:  # A host without the dataset stops every host (the others would wait for it).
-      _on_every_process("finding the dataset", True, find, None)
-  elif jax.process_count() == 1:
-    if not builder.is_prepared():
-      builder = _build_here(config, builder, manual_dir, data_dir)
-  else:  # Process 0 builds; every process learns its outcome before any goes on.
-    builder = _on_every_process(
-        "building the dataset",
-        jax.process_index() == 0 and not builder.is_prepared(),
-        lambda: _build_here(config, builder, manual_dir, data_dir), builder)
-    builder = _builder(config)
-    local = not builder.is_prepared()
-    if local:
-      logging.warning("Process %d does not see the dataset process 0 built (data.data_dir=%s is "
-                      "not shared between hosts); building a local copy.", jax.process_index(),
-                      data_dir)
-
-    def build_local_copy():
-      try:
-        return _build_here(config, builder, manual_dir, data_dir)
-      except Exception as e:
-        raise RuntimeError(
-            f"Process {jax.process_index()}: the dataset is not in data.data_dir={data_dir} on "
-            f"this host, and building it here from {manual_dir} failed ({type(e).__name__}: {e})."
-            " Put data.data_dir on storage every host reads (a gs:// bucket, NFS), or the raw "
-            "files in the same data.manual_dir on every host.") from e
-
-    builder = _on_every_process("building a host's local copy of the dataset", local,
-                                build_local_copy, builder)
-  if jax.process_count() > 1:
-    # A host whose data_dir holds a dataset of other settings stops all (its error says which).
-    _on_every_process("checking the dataset's data settings", True,
-                      lambda: _check_settings(builder, config), None)
-  else:
-    _check_settings(builder, config)
-  return builder
-
-
-def _prepared_builder(config):
-  import jax
-  builder = _builder(config)
-  # build_dataset's barriers are collective: in a multi-host job every process passes them, also
-  # one that reaches this point after process 0 has finished the build and so finds the dataset.
-  if jax.process_count() > 1 or not builder.is_prepared():
-    return build_dataset(config)  # Which checks the settings.
-  _check_settings(builder, config)
-  return builder
-
-
-_ARRAYS_CACHE: dict = {}
-
-
-def load_split_arrays(config, split: str, label: str | None = None) -> dict:
-  """A whole split as numpy arrays: image [N,R,R,C] float32 in [-1,1], flare_class [N],
-  forecast_class [N], forecast_coverage [N], subclass [N], goes_flux_w_m2 [N], time_unix_s [N]
-  (in time order).
-
-  With a forecast `label` (forecast_class, forecast_binary) only the rows whose forecast window
-  GOES data cover (forecast_rows). The arrays are read-only and shared by every caller in the
-  process (one copy of the split in memory, however often it is asked for); copy one before
-  changing it.
-  """
-  tf_setup.hide_accelerators_from_tensorflow()
-  import tensorflow_datasets as tfds
-  builder = _prepared_builder(config)
-  key = (os.fspath(builder.data_dir), split)
-  if split not in builder.info.splits:
-    raise ValueError(f"The dataset in {builder.data_dir} has no {split!r} split (no frames in "
-                     f"its time range); it has {list(builder.info.splits)}.")
-  if key not in _ARRAYS_CACHE:
-    if builder.info.file_format.value == "array_record":  # Random-access files.
-      examples = list(builder.as_data_source(split=split))
-      arrays = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in ARRAY_FIELDS}
-    else:
-      ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
-      arrays = tfds.as_numpy(ds)
-      arrays = {k: np.asarray(arrays[k]) for k in ARRAY_FIELDS}
-    order = np.argsort(arrays["time_unix_s"], kind="stable")
-    arrays = {k: v[order] for k, v in arrays.items()}
-    arrays["flare_class"] = arrays["flare_class"].astype(np.int32)
-    arrays["forecast_class"] = arrays["forecast_class"].astype(np.int32)
-    for v in arrays.values():
-      v.flags.writeable = False
-    if len(_ARRAYS_CACHE) > 8:
-      _ARRAYS_CACHE.clear()
-    _ARRAYS_CACHE[key] = arrays
-  if label not in FORECAST_LABELS:
-    return dict(_ARRAYS_CACHE[key])
-  need = _forecast_min_coverage(config.data)
-  if key + (need,) not in _ARRAYS_CACHE:  # One copy of the covered rows too.
-    _ARRAYS_CACHE[key + (need,)] = forecast_rows(_ARRAYS_CACHE[key], config.data, split)
-  return dict(_ARRAYS_CACHE[key + (need,)])
-
-
-_COVERAGE_LOGGED: set = set()
-
-
-def _forecast_min_coverage(data_config) -> float:
-  return float(data_config.get("forecast_min_coverage", 0.9))
-
-
-def forecast_rows(arrays: dict, data_config, split: str = "") -> dict:
-  """The rows whose forecast window has GOES data in at least data.forecast_min_coverage of its
-  10-minute intervals: elsewhere (the last day of the archive, GOES gaps) the window's peak can
-  miss a flare, so the forecast label is a lower bound, not a label. The other labels keep every
-  row."""
-  need = _forecast_min_coverage(data_config)
-  keep = np.asarray(arrays["forecast_coverage"]) >= need
-  if keep.all():
-    return arrays
-  if (split, need, len(keep)) not in _COVERAGE_LOGGED:
-    _COVERAGE_LOGGED.add((split, need, len(keep)))
-    logging.warning("Forecast labels: %d of %d %s frames left out, their %g h window has GOES "
-                    "data in fewer than %g of its 10-minute intervals "
-                    "(data.forecast_min_coverage).",
-                    int((~keep).sum()), len(keep), split or "",
-                    float(data_config.get("forecast_window_hours", 24.0)), need)
-  out = {k: v[keep] for k, v in arrays.items()}
-  for v in out.values():
-    v.flags.writeable = False
-  return out
+def loader_name(data_config) -> str:
+  """data.loader, checked: "tfdata" or "grain"."""
+  name = data_config.loader
+  if name not in LOADERS:
+    raise errors.SettingsError(f"data.loader={name!r}: allowed values are "
+                               f"{', '.join(map(repr, LOADERS))}.")
+  return name
 
 
 def local_rows(batch_size: int) -> slice:
@@ -308,41 +72,10 @@ def local_rows(batch_size: int) -> slice:
   return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
 
 
-def label_field(config) -> str:
-  """The conditioning label of config.data: "flare_class" or "forecast_class"."""
-  field = config.data.get("label", "flare_class")
-  if field not in ("flare_class", "forecast_class"):
-    raise ValueError(f"data.label must be 'flare_class' or 'forecast_class', not {field!r}.")
-  if field == "forecast_class":
-    warn_forecast_leakage(config.data)
-  return field
-
-
-_LEAKAGE_WARNED: set = set()
-
-
-def warn_forecast_leakage(data_config) -> bool:
-  """Warns (once) when forecast labels can see across a split boundary; True if they can.
-
-  A frame's forecast class is the peak of the next data.forecast_window_hours: with a split gap
-  shorter than that, a training frame's label can come from a flare of the validation period.
-  """
-  gap = float(data_config.get("split_gap_hours", 0.0))
-  window = float(data_config.get("forecast_window_hours", 24.0))
-  if gap >= window:
-    return False
-  if (gap, window) not in _LEAKAGE_WARNED:
-    _LEAKAGE_WARNED.add((gap, window))
-    logging.warning(
-        "Forecast labels with data.split_gap_hours=%g < data.forecast_window_hours=%g: the "
-        "labels of frames just before a split boundary look at flares after it, so one flare can "
-        "label frames of two splits. Set --config.data.split_gap_hours=%g (a new dataset build) "
-        "for scores without that leakage.", gap, window, window)
-  return True
-
-
 def local_batch(arrays: dict, config, step: int, split: str = "train") -> dict:
-  """This process's rows of global batch `step` as numpy: image [b,R,R,C], label int32 [b]."""
+  """This process's rows of global batch `step` of a split held in memory (`arrays`, in time
+  order) as numpy: image [b,R,R,C], label int32 [b]. The "grain" loader's stream; for tests and
+  the memory benchmark's whole-split reference."""
   batch_size = int(config.training.batch_size)
   labels = arrays[label_field(config)]
   weights = (class_balance.class_weights(config.data, int(config.model.num_classes))
@@ -396,21 +129,54 @@ class LabelRangeError(errors.UserError):
 
 def create_train_iterator(config, mesh, *, split: str = "train", start_step: int = 0):
   """Endless iterator of {"image": [B,R,R,C] float32, "label": [B] int32} global jax.Arrays,
-  batch-sharded over the mesh; batch k depends only on (config.seed, split, k)."""
-  arrays = load_split_arrays(config, split, label_field(config))
-  labels = arrays[label_field(config)]
+  batch-sharded over the mesh; batch k depends only on (config.seed, split, k) and, with the
+  "tfdata" loader, the number of processes. Class weights apply to the train split only."""
+  tf_setup.hide_accelerators_from_tensorflow()
+  loader = loader_name(config.data)
+  builder = dataset.prepared_builder(config)
+  field = label_field(config)
+  files = dataset.label_columns(builder, split, time_order=False)  # ValueError: no such split.
+  min_coverage = (float(config.data.forecast_min_coverage)
+                  if field in dataset.FORECAST_LABELS else None)
+  allowed = (np.ones(len(files[field]), bool) if min_coverage is None
+             else files["forecast_coverage"] >= min_coverage)
   num_classes = int(config.model.num_classes)
-  outside = labels_outside(labels, num_classes)
+  outside = labels_outside(files[field][allowed], num_classes)
   if outside:
     raise LabelRangeError(
         f"The {split} split of the dataset in {dataset_dirs(config)[0]} has "
-        f"{label_field(config)} labels {outside} outside 0..{num_classes - 1}; "
+        f"{field} labels {outside} outside 0..{num_classes - 1}; "
         f"model.num_classes={num_classes} must cover every class.")
+  weights = class_balance.class_weights(config.data, num_classes) if split == "train" else None
+  batch_size, seed = int(config.training.batch_size), int(config.seed)
+  rows = local_rows(batch_size)
+  if loader == "tfdata":
+    if dataset.is_array_record(builder):
+      raise errors.SettingsError(
+          f"data.loader='tfdata' reads TFRecord files; the dataset in {builder.data_dir} is "
+          "ArrayRecord (data.file_format='array_record'): use --config.data.loader=grain.")
+    local = loaders.tfdata_batches(
+        builder, split, label=field, batch_rows=rows.stop - rows.start, seed=seed,
+        start_step=start_step, class_weights=weights, min_coverage=min_coverage,
+        shuffle_buffer=int(config.data.shuffle_buffer), columns=files)
+  else:
+    if not dataset.is_array_record(builder):
+      raise errors.SettingsError(
+          f"data.loader='grain' reads ArrayRecord files; the dataset in {builder.data_dir} is "
+          f"{builder.info.file_format.value}. Build one with --config.data.file_format="
+          "array_record (another data.data_dir), or use --config.data.loader=tfdata.")
+    order = dataset.time_order(builder, split)  # Positions in time order -> file indices.
+    order = order[allowed[order]]
+    indices = loaders.GlobalBatchIndices(
+        order, batch_size=batch_size, seed=seed, split=split,
+        labels=None if weights is None else files[field][order], class_weights=weights)
+    local = loaders.grain_batches(
+        loaders.ArrayRecordExamples(builder, split), files[field], label=field, indices=indices,
+        rows=rows, start_step=start_step,
+        num_workers=int(config.data.num_loader_workers))
 
   def batches():
-    step = int(start_step)
-    while True:
-      yield sharding.shard_batch(mesh, local_batch(arrays, config, step, split))
-      step += 1
+    for batch in local:
+      yield sharding.shard_batch(mesh, batch)
 
-  return _prefetch(batches(), int(config.data.get("prefetch", 2)))
+  return _prefetch(batches(), int(config.data.prefetch))

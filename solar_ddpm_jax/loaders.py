@@ -5,7 +5,7 @@ A split of 10 years of AIA 171 at one frame per 12 minutes is about 440,000 fram
 in float32), so nothing here holds more than a batch and a shuffle buffer of images. Two loaders
 (data.loader):
 
-- "tfdata" (TFRecord, the default format; ArrayRecord too): tf.data in every JAX process, as in
+- "tfdata" (TFRecord, the default format): tf.data in every JAX process, as in
   flax's and big_vision's input pipelines. The process reads its own even share of the split
   (tfds.split_for_jax_process), with the file order and a shuffle buffer seeded anew each epoch from
   (seed, epoch), parallel reads and decoding, and prefetching. Its position is the number of
@@ -129,16 +129,20 @@ def read_examples(builder, split: str, times: np.ndarray, fields: tuple = ("imag
   return {k: v[order] for k, v in got.items() if k in fields}
 
 
-def source_label_columns(source) -> dict:
+def source_label_columns(source, chunk_size: int = 4) -> dict:
   """The label columns of a random-access source, in the source's index order (decodes each
-  record once; keeps only the labels)."""
+  record once, `chunk_size` at a time, images included; keeps only the labels, in arrays filled
+  in place)."""
   n = len(source)
-  cols = {k: [] for k in LABEL_COLUMNS}
-  for start in range(0, n, 256):
-    for e in source.__getitems__(list(range(start, min(start + 256, n)))):
-      for k in LABEL_COLUMNS:
-        cols[k].append(np.asarray(e[k]))
-  out = {k: np.asarray(v) for k, v in cols.items()}
+  out: dict = {}
+  for start in range(0, n, chunk_size):
+    chunk = source.__getitems__(list(range(start, min(start + chunk_size, n))))
+    for k in LABEL_COLUMNS:
+      values = np.asarray([e[k] for e in chunk])
+      if k not in out:
+        out[k] = np.empty(n, values.dtype)
+      out[k][start:start + len(chunk)] = values
+  out = {k: out.get(k, np.zeros(0)) for k in LABEL_COLUMNS}
   for k in ("flare_class", "forecast_class"):
     out[k] = out[k].astype(np.int32)
   return out
@@ -236,16 +240,26 @@ def tfdata_batches(builder, split: str, *, label: str, batch_rows: int, seed: in
                    start_step: int = 0, class_weights: np.ndarray | None = None,
                    min_coverage: float | None = None, shuffle_buffer: int = 1024,
                    process_index: int | None = None, process_count: int | None = None,
-                   extra_fields: tuple = ()):
+                   extra_fields: tuple = (), columns: dict | None = None,
+                   num_threads: int = 0):
   """Endless numpy batches {"image": [b,R,R,C] float32, "label": [b] int32, *extra_fields} of this
   process's share of `split`, starting at its batch `start_step` (b = batch_rows). With
-  `min_coverage`, only the rows whose forecast_coverage reaches it (forecast labels)."""
+  `min_coverage`, only the rows whose forecast_coverage reaches it (forecast labels). `columns`:
+  the whole split's label_columns(builder, split, time_order=False) when the caller has them
+  (this process's share is a contiguous range of them); else the share's are read here.
+  `num_threads`: threads of the pipeline's own pool (0: tf.data's shared pool)."""
   import jax
   tf, tfds = _tf()
   pi = jax.process_index() if process_index is None else int(process_index)
   pc = jax.process_count() if process_count is None else int(process_count)
   share = tfds.split_for_jax_process(split, process_index=pi, process_count=pc)
-  cols = label_columns(builder, share, time_order=False)
+  if columns is None:
+    cols = label_columns(builder, share, time_order=False)
+  else:  # The shares are consecutive ranges of the split's examples in file order.
+    start = sum(builder.info.splits[tfds.split_for_jax_process(
+        split, process_index=i, process_count=pc)].num_examples for i in range(pi))
+    size = builder.info.splits[share].num_examples
+    cols = {k: np.asarray(v)[start:start + size] for k, v in columns.items()}
   times, labels = cols["time_unix_s"], cols[label]
   if len(times) == 0:
     raise ValueError(f"Process {pi} of {pc} has no examples of the {split!r} split "
@@ -261,7 +275,7 @@ def tfdata_batches(builder, split: str, *, label: str, batch_rows: int, seed: in
   decoders = tfds.decode.PartialDecoding({k: True for k in (*fields, "time_unix_s")})
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = 0
+  options.threading.private_threadpool_size = int(num_threads)  # 0: tf.data's shared pool.
 
   def epoch_dataset(epoch: int, skip: int):
     s = epoch_seed(seed, split, epoch, pi)

@@ -41,8 +41,8 @@ def _sample(config, workdir: str) -> None:
 
 
 def _build_data(config, workdir: str) -> None:
-  from solar_ddpm_jax import input_pipeline
-  input_pipeline.build_dataset(config, workdir)
+  from solar_ddpm_jax import dataset
+  dataset.build_dataset(config, workdir)
 
 
 def _export_features(config, workdir: str) -> None:
@@ -130,6 +130,11 @@ def main(argv):
   config = FLAGS.config
   if config is None:
     raise app.UsageError("--config is required (see --help).")
+  from solar_ddpm_jax import settings
+  added = settings.with_defaults(config)  # A config file of an older configs/aia171.py.
+  if added:
+    logging.warning("Settings missing from --config take the %s preset's values: %s",
+                    config.preset, ", ".join(added))
   workdir = os.path.expanduser(FLAGS.workdir or default_workdir(config))
   logging.info("workdir: %s", os.path.abspath(workdir))
   mode = FLAGS.mode

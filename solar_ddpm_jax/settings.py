@@ -35,6 +35,34 @@ def _get(config, name: str):
   return value
 
 
+def with_defaults(config) -> list[str]:
+  """Adds to `config` every field of configs/aia171.py that it lacks, with the value of its preset
+  (config.preset, else "paper"); returns the dotted names added, in order.
+
+  The one place where a missing setting takes a default: a config file written for an older
+  version of configs/aia171.py runs as the current preset would. The code reads every setting as
+  an attribute, so a field still missing after this is an error naming it. Fields the config has
+  are kept as they are; added values are plain values (a field that follows another one in
+  configs/aia171.py, such as model.image_size, is added with its preset's value).
+  """
+  from configs import aia171
+  preset = config.preset if "preset" in config else "paper"
+  defaults = aia171.get_config(preset if preset in aia171.PRESETS else "paper")
+  added = []
+
+  def fill(target, source, prefix):
+    for key, value in source.items():
+      if key not in target:
+        target[key] = value.to_dict() if hasattr(value, "to_dict") else value
+        added.append(prefix + key)
+      elif hasattr(value, "items") and hasattr(target[key], "items"):
+        fill(target[key], value, f"{prefix}{key}.")
+
+  with config.unlocked():
+    fill(config, defaults, "")
+  return added
+
+
 def _is_number(value) -> bool:
   return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -60,6 +88,10 @@ def _range_problems(config) -> list[str]:
       "sampling.num_steps": (lambda v: isinstance(v, int) and v >= 0,
                              "integers >= 0 (0: all diffusion.num_timesteps steps)"),
       "data.resolution": at_least_1,
+      "data.shuffle_buffer": at_least_1,
+      "data.num_loader_workers": at_least_0,
+      "data.max_real_examples": (lambda v: isinstance(v, int) and v >= 0,
+                                 "integers >= 0 (0: the whole split)"),
       "model.image_size": at_least_1,
   }
   found = []
@@ -115,11 +147,12 @@ def _model_problems(config) -> list[str]:
     found.append(f"model.image_size={size} and data.resolution={resolution}: they must be equal "
                  "(the model sees the data's images).")
   channels = _get(config, "data.channels")
-  in_channels = _get(config, "model.in_channels")
-  if channels is not _MISSING and in_channels is not _MISSING and len(channels) != in_channels:
-    found.append(f"model.in_channels={in_channels} with data.channels={tuple(channels)}: set "
-                 f"model.in_channels (and model.out_channels) to {len(channels)}, one per "
-                 "channel.")
+  for name in ("model.in_channels", "model.out_channels"):
+    count = _get(config, name)
+    if channels is not _MISSING and count is not _MISSING and len(channels) != count:
+      found.append(f"{name}={count} with data.channels={tuple(channels)}: they must agree (one "
+                   f"image channel per wavelength); leave {name} unset, it follows "
+                   f"data.channels ({len(channels)}).")
   return found
 
 
@@ -142,6 +175,16 @@ def _data_problems(config) -> list[str]:
     found.append("data.source='sdoml' with no data.sdoml_store: give the root of an SDOML v2 zarr "
                  "store, a folder or a URL (see docs/data.md), e.g. --config.data.sdoml_store="
                  "s3://gov-nasa-hdrl-data1/contrib/fdl-sdoml/fdl-sdoml-v2/sdomlv2.zarr.")
+  loader, file_format = _get(config, "data.loader"), _get(config, "data.file_format")
+  if loader not in (_MISSING, "tfdata", "grain"):
+    found.append(f"data.loader={loader!r}: allowed values are 'tfdata' and 'grain'.")
+  elif loader == "grain" and file_format not in (_MISSING, "array_record"):
+    found.append(f"data.loader='grain' with data.file_format={file_format!r}: grain reads "
+                 "ArrayRecord files; set --config.data.file_format=array_record (a new build) or "
+                 "--config.data.loader=tfdata.")
+  elif loader == "tfdata" and file_format == "array_record":
+    found.append("data.loader='tfdata' with data.file_format='array_record': tf.data reads "
+                 "TFRecord files; set --config.data.loader=grain for ArrayRecord.")
   resolution = _get(config, "data.resolution")
   if source == "synthetic":
     frame_name, frame = "data.synthetic.image_size", _get(config, "data.synthetic.image_size")

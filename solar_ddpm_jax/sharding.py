@@ -54,7 +54,7 @@ def configure_xla_cpu(mesh_config=None) -> str:
   GPU or TPU.
   """
   import jaxlib
-  choice = str(mesh_config.get("cpu_convolutions", "eigen")) if mesh_config is not None else "eigen"
+  choice = str(mesh_config.cpu_convolutions) if mesh_config is not None else "eigen"
   if choice not in CPU_CONVOLUTION_FLAGS:
     raise ValueError(f"mesh.cpu_convolutions={choice!r}: choose one of "
                      f"{', '.join(CPU_CONVOLUTION_FLAGS)}.")
@@ -80,18 +80,18 @@ def maybe_initialize_distributed(mesh_config) -> bool:
 
   Returns True when this is a multi-process job. Must run before anything touches a device.
   """
-  mode = mesh_config.get("distributed", "auto")
+  mode = mesh_config.distributed
   if mode == "off":
     return False
-  explicit = bool(mesh_config.get("coordinator_address"))
+  explicit = bool(mesh_config.coordinator_address)
   hint = None if explicit else _env_hint()
   if mode == "auto" and not explicit and hint is None:
     return False
   kwargs = {}
   if explicit:
     # Unset counts (0 / -1) are None: JAX then reads them from SLURM, MPI or the TPU environment.
-    num = int(mesh_config.get("num_processes", 0))
-    pid = int(mesh_config.get("process_id", -1))
+    num = int(mesh_config.num_processes)
+    pid = int(mesh_config.process_id)
     kwargs = dict(coordinator_address=mesh_config.coordinator_address,
                   num_processes=num if num > 0 else None, process_id=pid if pid >= 0 else None)
   try:
@@ -122,8 +122,8 @@ def maybe_initialize_distributed(mesh_config) -> bool:
 def create_mesh(mesh_config=None, devices=None) -> Mesh:
   """A (data, fsdp) mesh over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
-  fsdp = int(mesh_config.get("fsdp", 1)) if mesh_config is not None else 1
-  data = int(mesh_config.get("data", -1)) if mesh_config is not None else -1
+  fsdp = int(mesh_config.fsdp) if mesh_config is not None else 1
+  data = int(mesh_config.data) if mesh_config is not None else -1
   if fsdp < 1 or (data < 1 and data != -1):
     raise ValueError(f"mesh.fsdp={fsdp} and mesh.data={data}: give positive device counts "
                      "(mesh.data=-1: all devices left over by mesh.fsdp).")

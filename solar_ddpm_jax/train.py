@@ -218,9 +218,11 @@ def train_and_evaluate(config, workdir: str, *,
                        eval_iterator_fn: Callable[[], Iterator] | None = None):
   """Trains (resuming from the latest checkpoint in workdir) and returns the final TrainState.
 
-  train_iterator_fn(start_step) -> iterator of global batches {"image", "label"} (default: the
-  input pipeline); eval_iterator_fn() -> iterator of validation batches (default: the pipeline's
-  validation split). Both are for tests and custom data; the step is the data position.
+  train_iterator_fn(start_step) -> iterator of global batches {"image", "label"} from batch
+  start_step on (default: the input pipeline); eval_iterator_fn() -> iterator of validation
+  batches (default: the pipeline's validation split). Both are for tests and custom data. A resume
+  passes the checkpoint's examples consumed / training.batch_size (its step, when the batch size
+  is unchanged).
   """
   # Imported here: the step functions above need neither TensorFlow (clu's writers) nor orbax.
   from clu import metric_writers, periodic_actions
@@ -244,17 +246,19 @@ def train_and_evaluate(config, workdir: str, *,
   shardings = state_shardings(mesh, abstract)
   manager = checkpointing.create_manager(workdir, tc)
   try:
-    state = _restore_or_create(config, manager, abstract, shardings, mesh)
+    state, record = _restore_or_create(config, manager, abstract, shardings, mesh)
     start_step = int(jax.device_get(state.step))
+    data_step = checkpointing.data_start_step(record, start_step, int(tc.batch_size))
     _start_records(config, workdir, writer, abstract, start_step)
     step_fn = jit_train_step(make_train_step(config, apply_fn, schedule), mesh, shardings)
     eval_fn = make_eval_step(config, apply_fn, schedule, mesh, shardings.ema_params)
     grid_fn = samplers.make_sample_fn(apply_fn, schedule, _sample_grid_config(config), mesh)
-    train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(start_step)
+    train_iterator = (train_iterator_fn or _default_train_iterator(config, mesh))(data_step)
     make_eval_iterator = eval_iterator_fn or _default_eval_iterator(config, mesh)
     save = functools.partial(checkpointing.save, manager, data_seed=config.seed,
                              batch_size=int(tc.batch_size),
-                             settings=checkpointing.run_settings(config))
+                             settings=checkpointing.run_settings(config),
+                             loader=checkpointing.loader_record(config))
     report = periodic_actions.ReportProgress(num_train_steps=num_steps,
                                              writer=writer if is_main else None)
     window = _MetricsWindow(start_step, manager)
@@ -312,16 +316,17 @@ def _check_settings(config) -> None:
 
 
 def _restore_or_create(config, manager, abstract, shardings, mesh):
-  """The TrainState of the latest checkpoint (its record checked against `config`), or a new one."""
+  """(TrainState, data record) of the latest checkpoint (the record checked against `config`), or
+  a new state and an empty record."""
   from solar_ddpm_jax import checkpointing
   if manager.latest_step() is None:
-    return create_train_state(config, mesh)[0]
+    return create_train_state(config, mesh)[0], {}
   state, record = checkpointing.restore(
       manager, checkpointing.abstract_with_shardings(abstract, shardings))
   checkpointing.check_resume_record(record, config, manager.directory)
-  logging.info("Resumed from the checkpoint of step %d (data position %s).", int(state.step),
-               record.get("step"))
-  return state
+  logging.info("Resumed from the checkpoint of step %d (data position: %s examples consumed).",
+               int(state.step), record.get("examples_consumed", "unrecorded"))
+  return state, record
 
 
 def _start_records(config, workdir: str, writer, abstract, start_step: int) -> None:

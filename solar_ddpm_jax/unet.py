@@ -349,7 +349,7 @@ def create_model(model_config) -> nn.Module:
       attention_chunk=int(c.attention_chunk), dropout=float(c.dropout),
       time_embed_dim=int(c.time_embed_dim), num_classes=int(c.num_classes), remat=bool(c.remat),
       dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
-      class_embed_init=str(c.get("class_embed_init", "default")))
+      class_embed_init=str(c.class_embed_init))
   if c.block_style == "paper":
     return PaperUNet(bottleneck_mult=int(c.bottleneck_mult), faithful=bool(c.faithful), **common)
   if c.block_style == "modern":

@@ -125,7 +125,7 @@ def test_restore_on_fewer_devices_with_target_shardings(tmp_path):
   manager.wait_until_finished()
 
   class MeshConfig(dict):
-    pass
+    __getattr__ = dict.__getitem__
 
   mesh4 = sharding.create_mesh(MeshConfig(data=2, fsdp=2), devices=jax.devices()[:4])
   abstract = jax.eval_shape(lambda: state)

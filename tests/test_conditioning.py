@@ -170,6 +170,9 @@ def test_sweep_scores_are_recall_and_precision_of_the_generated_images():
   assert s["recall_B"] == 1.0 and s["precision_B"] == pytest.approx(2 / 3)
   assert s["recall_M"] == 0.5 and s["precision_M"] == 0.5
   assert np.isnan(s["recall_C"]) and s["precision_C"] == 0.0
+  # Confusion matrix: requested class by row, the judge's class by column (counted by hand).
+  assert s["confusion"] == [[1, 1, 0, 0, 0], [0, 2, 0, 0, 0], [0, 0, 0, 0, 0],
+                            [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
 
 
 def test_ablation_table_averages_seeds_of_one_arm():
@@ -185,3 +188,22 @@ def test_ablation_table_averages_seeds_of_one_arm():
                                       "model.class_embed_init=unit"], seed=4)
   assert config.data.class_weights == (1, 1, 1, 2, 2)
   assert config.model.class_embed_init == "unit" and config.seed == 4
+
+
+def test_class_signal_is_the_between_class_share_of_the_variance():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(5), [30, 20, 10, 6, 4])
+  offsets = np.array([-0.4, -0.1, 0.0, 0.3, 0.8])
+  images = rng.normal(0.0, 0.2, (70, 4, 4, 1)) + offsets[labels][:, None, None, None]
+  result = _bench().class_signal(images, labels)
+  x = images.reshape(70, -1)
+  # Independently: 1 - (within-class variance / total variance), with numpy's var per pixel.
+  within = sum(np.var(x[labels == k], axis=0).sum() * (labels == k).sum() for k in range(5)) / 70
+  total = np.var(x, axis=0).sum()
+  assert result["between_class_fraction"] == pytest.approx(1 - within / total, rel=1e-9)
+  assert result["pixel_variance"] == pytest.approx(total / 16, rel=1e-9)
+  assert result["per_class"]["X"]["count"] == 4
+  assert result["per_class"]["X"]["top4_mean"] > result["per_class"]["A"]["top4_mean"]
+  # No class structure: the share is near zero.
+  flat = _bench().class_signal(rng.normal(0, 0.2, (70, 4, 4, 1)), labels)
+  assert flat["between_class_fraction"] < 0.15

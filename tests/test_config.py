@@ -76,3 +76,80 @@ def test_presets_pass_the_up_front_settings_checks(preset, tmp_path):
   from solar_ddpm_jax import settings
   assert settings.problems(aia171.get_config(preset), str(tmp_path), "train") == []
   assert aia171.get_config(preset).sampling.allow_negative_guidance is False
+
+
+def _parse_flags(monkeypatch, *argv):
+  """The config of a command line, parsed as solar_ddpm_jax.main parses it (config_flags)."""
+  from absl import flags
+  from ml_collections import config_flags
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  monkeypatch.setattr(sys, "argv", ["main", *argv])  # config_flags reads overrides from argv.
+  values(sys.argv)
+  return values.config
+
+
+@pytest.mark.parametrize("preset", aia171.PRESETS)
+def test_model_shape_follows_the_data_settings(preset):
+  config = aia171.get_config(preset)
+  assert config.model.image_size == config.data.resolution
+  assert config.model.in_channels == config.model.out_channels == len(config.data.channels)
+  config.data.resolution = 2 * config.data.resolution
+  config.data.channels = (171, 193, 211)
+  assert config.model.image_size == config.data.resolution
+  assert config.model.in_channels == config.model.out_channels == 3
+  config.model.image_size = 48  # One value: setting the model's sets the data's.
+  assert config.data.resolution == 48
+  saved = config.model.to_dict()  # What checkpoints and reports record: plain numbers.
+  assert (saved["image_size"], saved["in_channels"], saved["out_channels"]) == (48, 3, 3)
+
+
+def test_command_line_data_overrides_change_the_model(monkeypatch, tmp_path):
+  from solar_ddpm_jax import settings
+  path = os.path.join(REPO, "configs", "aia171.py")
+  config = _parse_flags(monkeypatch, f"--config={path}:demo", "--config.data.resolution=64",
+                        "--config.data.channels=(171,193)", "--config.data.dn_ceiling=(1.,2.)")
+  assert (config.data.resolution, config.model.image_size) == (64, 64)
+  assert (config.model.in_channels, config.model.out_channels) == (2, 2)
+  assert settings.problems(config, str(tmp_path), "train") == []
+  config = _parse_flags(monkeypatch, f"--config={path}:res128", "--config.model.image_size=256")
+  assert config.data.resolution == 256
+  # A channel count set apart from data.channels no longer follows it: refused up front.
+  config = _parse_flags(monkeypatch, f"--config={path}:multichannel",
+                        "--config.model.out_channels=1")
+  assert config.model.in_channels == 4
+  found = settings.problems(config, str(tmp_path), "train")
+  assert len(found) == 1 and "model.out_channels=1" in found[0]
+  assert "data.channels=(171, 193, 211, 304)" in found[0]
+
+
+def test_missing_settings_take_the_preset_values_in_one_place():
+  from solar_ddpm_jax import settings
+  old = aia171.get_config("demo")  # As a config file of an older version would lack them.
+  del old.sampling["guidance_convention"], old.evaluation["bright_quantile"], old["convert"]
+  old.training.batch_size = 5  # Present settings are kept.
+  old.lock()
+  added = settings.with_defaults(old)
+  assert added == ["convert", "evaluation.bright_quantile", "sampling.guidance_convention"]
+  demo = aia171.get_config("demo")
+  assert old.sampling.guidance_convention == demo.sampling.guidance_convention
+  assert old.evaluation.bright_quantile == demo.evaluation.bright_quantile
+  assert old.convert.to_dict() == demo.convert.to_dict() and old.training.batch_size == 5
+  assert settings.with_defaults(old) == []
+  with old.unlocked():
+    del old.sampling["guidance_convention"]
+  with pytest.raises(AttributeError, match="guidance_convention"):
+    _ = old.sampling.guidance_convention  # Read without the fill: an error, not a default.
+
+
+def test_dataset_builder_defaults_are_the_paper_preset_values():
+  """tfds_aia builds without a config too (`tfds build`): its defaults are configs/aia171.py's."""
+  from tfds_aia import builder
+  data = aia171.get_config("paper").data
+  defaults = {**builder.DEFAULT_SETTINGS, **builder.SDOML_SETTINGS, **builder.RUNTIME_SETTINGS}
+  del defaults["frame_source"]  # Not a setting: "sdoml" with data.source="sdoml".
+  differ = {k: (v, data[k]) for k, v in defaults.items()
+            if (tuple(v) if isinstance(v, tuple) else v) != (
+                tuple(data[k]) if isinstance(data[k], tuple | list) else data[k])}
+  assert not differ
+  assert builder.settings_from_config(data) == builder.DEFAULT_SETTINGS

@@ -58,6 +58,20 @@ def test_processes_read_disjoint_shares_that_cover_the_epoch(built):
   assert sum(map(len, seen)) == n and len(set.union(*seen)) == n
 
 
+def test_a_share_cut_from_the_whole_splits_columns_is_the_share_read_alone(built):
+  """create_train_iterator reads the label columns once and cuts each process's share out of
+  them: the same stream as a reader that reads its share's columns itself."""
+  _, builder = built
+  files = loaders.label_columns(builder, "train", time_order=False)
+  for pi in range(3):
+    kw = dict(label="flare_class", batch_rows=5, seed=1, process_index=pi, process_count=3,
+              extra_fields=("time_unix_s",), class_weights=np.ones(5))
+    alone = _times(loaders.tfdata_batches(builder, "train", **kw), 4)
+    cut = _times(loaders.tfdata_batches(builder, "train", columns=files, **kw), 4)
+    for a, b in zip(alone, cut, strict=True):
+      np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("weights", [None, (1.0, 1.0, 1.0, 1.0, 1.0)])
 def test_a_restart_at_step_k_continues_the_stream_exactly(built, weights):
   _, builder = built

@@ -31,7 +31,7 @@ def _set(config, name, value):
     ("test", "training.ema_decay", 1.0, r"training\.ema_decay=1\.0: .*\[0, 1\)"),
     ("test", "diffusion.label_dropout", 1.5, r"diffusion\.label_dropout=1\.5: .*\[0, 1\]"),
     ("test", "model.image_size", 15, r"model\.image_size=15: allowed values are multiples of 2"),
-    ("test", "model.image_size", 32, r"model\.image_size=32 and data\.resolution=16: .* equal"),
+    ("test", "model.in_channels", 2, r"model\.in_channels=2 with data\.channels=\(171,\)"),
     ("test", "data.resolution", 24, r"data\.resolution=24 with data\.synthetic\.image_size=64"),
     ("test", "sampling.guidance_scale", -1.0,
      r"sampling\.guidance_scale=-1\.0: allowed values are numbers >= 0 .*"

@@ -189,7 +189,7 @@ def test_a_timestep_grid_and_the_guidance_convention_name_their_own_sample_sets(
     cfg = base.copy_and_resolve_references()
     cfg.sampling.timesteps, cfg.sampling.guidance_convention = timesteps, convention
     tags.add(sample.settings_tag(cfg, 2))
-    settings = sample._SampleSetWriter(str(tmp_path), cfg, 2, np.zeros(1, np.int32)).settings
+    settings = sample.SampleSetWriter(str(tmp_path), cfg, 2, np.zeros(1, np.int32)).settings
     assert settings["timesteps"] == list(timesteps)
     assert settings["grid_steps"] == (len(timesteps) or 4)
     assert settings["guidance_convention"] == convention

@@ -10,7 +10,13 @@ Modules, in the order data flows through them:
   cache       the build cache: headers and preprocessed planes keyed by file checksum and settings
   synthetic   an AIA-like FITS archive with a consistent GOES XRS file
   fetch       Fido download of AIA and GOES files into a manual_dir layout (online)
-  builder     the TFDS builder (imports tensorflow_datasets; import it explicitly)
+  manual_files    the AIA and GOES files under manual_dir
+  build_settings  the settings of a build, their defaults and fingerprint
+  manifest        skipped.json (files left out, and why) and build_settings.json
+  example         the dataset's features and the example of one labelled frame
+  beam_build      the frames of a build preprocessed on Apache Beam
+  builder     the TFDS builder, running the modules above (imports tensorflow_datasets; import it
+              explicitly)
 """
 
 FLARE_CLASSES = ("A", "B", "C", "M", "X")  # Index i is label i.

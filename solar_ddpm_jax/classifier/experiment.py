@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import input_pipeline, outputs
+from solar_ddpm_jax import dataset, input_pipeline, outputs
 from solar_ddpm_jax.classifier import metrics as metrics_lib
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
@@ -35,7 +35,8 @@ def _time_range(arrays: dict) -> list[float]:
 
 
 def load_splits(config) -> dict[str, dict]:
-  """Train / validation / test arrays of the dataset's time splits; checks they do not overlap."""
+  """Train / validation / test arrays of the dataset's time splits (each at most
+  data.max_real_examples examples, evenly in time); checks they do not overlap."""
   splits = {s: input_pipeline.load_split_arrays(config, s, config.classifier.label)
             for s in ("train", "validation", "test")}
   ranges = [_time_range(splits[s]) for s in ("train", "validation", "test")]
@@ -140,7 +141,7 @@ def _arm_data(arm: str, config, train_images, train_labels, synthetic):
     return train_images, train_labels, kwargs
   if arm == "synthetic":
     images, generated = synthetic
-    labels = synthetic_targets(generated, input_pipeline.label_field(config), cc.label)
+    labels = synthetic_targets(generated, dataset.label_field(config), cc.label)
     return (np.concatenate([train_images, images]), np.concatenate([train_labels, labels]), {})
   raise ValueError(f"Unknown arm {arm!r}; choose from {ARMS}.")
 
@@ -205,7 +206,7 @@ def augment_experiment(config, workdir: str) -> dict:
   if "synthetic" in cc.arms:  # Before hours of training: can the generated images be labelled?
     from solar_ddpm_jax import sample
     synthetic_targets(sample.parse_classes(cc.synthetic_classes),
-                      input_pipeline.label_field(config), cc.label)
+                      dataset.label_field(config), cc.label)
     diffusion_data = check_diffusion_data(config, cc.diffusion_checkpoint or workdir)
   splits = load_splits(config)
   ys = {s: train_lib.labels_of(a, cc.label) for s, a in splits.items()}
@@ -232,7 +233,9 @@ def augment_experiment(config, workdir: str) -> dict:
 
   results = {
       "label": cc.label, "class_names": list(names),
+      # A split larger than data.max_real_examples is that many examples, evenly in time.
       "splits": {s: {"num_images": int(len(ys[s])),
+                     "max_real_examples": dataset.max_real_examples(config.data),
                      "class_counts": np.bincount(ys[s], minlength=len(names)).tolist(),
                      "time_range_unix_s": _time_range(a)} for s, a in splits.items()},
       "chance": chance_scores(ys["train"], ys["test"], names),
@@ -249,7 +252,7 @@ def augment_experiment(config, workdir: str) -> dict:
                    "split_gap_hours": float(config.data.split_gap_hours),
                    "forecast_labels_cross_split_gap": bool(
                        cc.label.startswith("forecast")
-                       and input_pipeline.warn_forecast_leakage(config.data)),
+                       and dataset.warn_forecast_leakage(config.data)),
                    "data_source": config.data.source},
   }
   with open(os.path.join(out_dir, "results.json"), "w") as f:

@@ -183,7 +183,7 @@ def train_classifier(config, images, labels, *, seed: int, val_images=None, val_
   rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   writer = metric_writers.create_default_writer(logdir, just_logging=logdir is None
                                                 or jax.process_index() != 0)
-  eval_every = int(cc.get("eval_every_steps", 100))
+  eval_every = int(cc.eval_every_steps)
   history = {"loss": [], "val_macro_f1": [], "best_step": None}
   best = (-1.0, None)
   losses = []
@@ -197,7 +197,7 @@ def train_classifier(config, images, labels, *, seed: int, val_images=None, val_
                                       step_key)
     losses.append(loss)
     last = step == num_steps
-    if step % max(1, int(cc.get("log_every_steps", 50))) == 0 or last:
+    if step % max(1, int(cc.log_every_steps)) == 0 or last:
       mean_loss = float(np.mean(jax.device_get(losses)))
       losses = []
       history["loss"].append((step, mean_loss))

@@ -162,10 +162,9 @@ def convert_torch_checkpoint(config, checkpoint_path: str, workdir: str, step: i
 
 def convert_from_config(config, workdir: str) -> str:
   """--mode=convert: converts config.convert.torch_checkpoint at config.convert.step (0)."""
-  convert = config.get("convert") or {}
-  path = convert.get("torch_checkpoint", "")
+  path = config.convert.torch_checkpoint
   if not path:
     raise ConversionSettingsError(
         "config.convert.torch_checkpoint is empty: pass the published checkpoint with "
         "--config.convert.torch_checkpoint=/path/to/ckpt.pt.")
-  return convert_torch_checkpoint(config, path, workdir, step=int(convert.get("step", 0) or 0))
+  return convert_torch_checkpoint(config, path, workdir, step=int(config.convert.step))

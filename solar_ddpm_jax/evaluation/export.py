@@ -20,7 +20,7 @@ from solar_ddpm_jax.evaluation import features as features_lib
 
 def features_dir(config, workdir: str) -> str:
   """config.evaluation.features_dir or <workdir>/features."""
-  return config.evaluation.get("features_dir", "") or os.path.join(workdir, "features")
+  return config.evaluation.features_dir or os.path.join(workdir, "features")
 
 
 def load_samples(path: str, config=None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -66,10 +66,11 @@ def check_samples_settings(path: str, settings: dict, config) -> None:
 
 
 def load_real(config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Images and conditioning labels of a real split (input_pipeline.load_split_arrays)."""
-  from solar_ddpm_jax import input_pipeline
-  label = input_pipeline.label_field(config)
-  arrays = input_pipeline.load_split_arrays(config, split, label)
+  """Images and conditioning labels of a real split: at most data.max_real_examples of its
+  examples, evenly in time (dataset.load_split_arrays)."""
+  from solar_ddpm_jax import dataset
+  label = dataset.label_field(config)
+  arrays = dataset.load_split_arrays(config, split, label)
   return np.asarray(arrays["image"], np.float32), np.asarray(arrays[label], np.int32)
 
 
@@ -103,8 +104,10 @@ def export_features(config, workdir: str) -> dict:
   """Features of the real split (and of config.evaluation.samples_npz) for every extractor."""
   ev = config.evaluation
   data_settings = outputs.sample_data_settings(config.data)
-  sources = {f"real_{ev.real_split}":
-             lambda: (*load_real(config, ev.real_split), dict(data_settings, split=ev.real_split))}
+  from solar_ddpm_jax import dataset
+  real_settings = dict(data_settings, split=ev.real_split,
+                       max_real_examples=dataset.max_real_examples(config.data))
+  sources = {f"real_{ev.real_split}": lambda: (*load_real(config, ev.real_split), real_settings)}
   loaded = {}
   if ev.samples_npz:  # Read (and its data settings checked) before any features are computed.
     sources["samples"] = None

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import FLARE_CLASSES, input_pipeline, outputs
+from solar_ddpm_jax import FLARE_CLASSES, dataset, outputs
 from solar_ddpm_jax.evaluation import clusters, export, physics, render
 from solar_ddpm_jax.evaluation import features as features_lib
 from solar_ddpm_jax.evaluation import fid as fid_lib
@@ -55,7 +55,7 @@ def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
   if boot > 1 and n_min >= 4:
     out["fid_ci"] = fid_lib.subsample_interval(fid_lib.fid, real, fake, num_subsets=boot,
                                                seed=seed)
-  points = int(ev.get("fid_infinity_points", 15))
+  points = int(ev.fid_infinity_points)
   if points > 0:
     try:
       out["fid_inf"] = fid_lib.fid_infinity(real, fake, num_points=points, seed=seed)
@@ -63,7 +63,7 @@ def feature_metrics(real, fake, ev, seed: int = 0) -> dict:
       out["fid_inf"] = {"skipped": str(e)}
   out.update(fid_lib.kid(real, fake, subset_size=int(ev.kid_subset_size),
                          num_subsets=int(ev.kid_subsets), seed=seed))
-  cap = int(ev.get("pr_max_count", 10_000))
+  cap = int(ev.pr_max_count)
   rng = np.random.default_rng(seed)
   r = real if len(real) <= cap else real[rng.choice(len(real), cap, replace=False)]
   f = fake if len(fake) <= cap else fake[rng.choice(len(fake), cap, replace=False)]
@@ -83,7 +83,7 @@ def _physics(config, real_images, real_labels, fake_images, fake_labels) -> dict
   real_dn = outputs.to_dn_per_s(real_images, config.data)[..., 0]
   fake_dn = outputs.to_dn_per_s(fake_images, config.data)[..., 0]
   ceiling = float(max(real_dn.max(), fake_dn.max(), 1.0))  # Over-bright samples stay in view.
-  q = float(config.evaluation.get("bright_quantile", 0.99))
+  q = float(config.evaluation.bright_quantile)
   threshold = float(np.quantile(real_dn, q))
   out = {"settings": dict(units="DN/s per output pixel (outputs.to_dn_per_s with config.data)",
                           bright_threshold=f"quantile {q} of real pixels = {threshold:.4g} DN/s",
@@ -138,7 +138,7 @@ def check_classifier_matches(meta: dict, config, image_shape) -> None:
   (config.data.label: "flare_class" or "forecast_class"), on images of the same shape.
   """
   label, names = meta.get("label"), list(meta.get("class_names", []))
-  wanted = input_pipeline.label_field(config)
+  wanted = dataset.label_field(config)
   if label != wanted or names != list(FLARE_CLASSES):
     raise ClassifierMismatch(
         f"the classifier predicts {label!r} ({names}), not the {wanted!r} classes "
@@ -185,8 +185,10 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None,
   fake_images, fake_labels = fake
   sampling = dict(sampling) if sampling else config_sampling_settings(config)
   report = dict(
-      created_unix_s=time.time(), preset=config.get("preset", ""),
+      created_unix_s=time.time(), preset=config.preset,
       reference_split=ev.real_split, count_real=int(len(real_images)),
+      # The real split's examples read: at most this many, evenly in time (0: all).
+      max_real_examples=dataset.max_real_examples(config.data),
       count_generated=int(len(fake_images)), image_shape=list(real_images.shape[1:]),
       samples=ev.samples_npz or f"sampled from {workdir} (sampling settings below)",
       sampling=sampling, features={}, physics=None, conditioning_accuracy=None)
@@ -202,6 +204,7 @@ def run_report(config, workdir: str, real, fake, *, generate_fn=None,
     ff = features_lib.extract(extractor, fake_images, batch_size=int(ev.batch_size))
     entry = {"settings": dict(extractor.settings(), reference_split=ev.real_split,
                               count_real=len(fr), count_generated=len(ff),
+                              max_real_examples=dataset.max_real_examples(config.data),
                               kid_subset_size=int(ev.kid_subset_size),
                               kid_subsets=int(ev.kid_subsets), pr_k=int(ev.pr_k),
                               num_clusters=int(ev.num_clusters), bootstrap=int(ev.bootstrap),
