@@ -8,7 +8,8 @@ Modules, in the order data flows through them:
   splits      time splits with a gap at each boundary
   frames      the units of work of the build: one file's header, one preprocessed frame
   cache       the build cache: headers and preprocessed planes keyed by file checksum and settings
-  synthetic   an AIA-like FITS archive with a consistent GOES XRS file
+  synthetic_sun  the synthetic Sun: disc, corona, active regions, coronal holes, flares (DN/s)
+  synthetic   an AIA-like FITS archive of that Sun with a consistent GOES XRS file
   fetch       Fido download of AIA and GOES files into a manual_dir layout (online)
   manual_files    the AIA and GOES files under manual_dir
   build_settings  the settings of a build, their defaults and fingerprint
