@@ -36,6 +36,15 @@ def test_bright_area_of_known_disc():
   np.testing.assert_allclose(area[0], np.pi * 40.0 ** 2, rtol=0.01)
 
 
+def test_bright_area_counts_saturated_pixels_at_the_quantile():
+  # 2 % of the pixels at the clip ceiling: the 0.99 quantile is the ceiling, and those pixels count.
+  img = np.zeros((1, 50, 50))
+  img[0, :1, :] = 3000.0
+  threshold = float(np.quantile(img, 0.99))
+  assert threshold == 3000.0
+  assert physics.bright_area(img, threshold)[0] == 50
+
+
 def test_radial_profile_and_brightness_of_a_disc():
   img = _disc(128, 32.0, inside=10.0, outside=1.0)  # Radius 32 = half of the half size.
   r, prof = physics.radial_profile(img, num_bins=16)

@@ -113,8 +113,12 @@ def radial_profile(images_dn, num_bins: int = 32) -> tuple[np.ndarray, np.ndarra
 
 
 def bright_area(images_dn, threshold_dn: float) -> np.ndarray:
-  """Pixels per image brighter than `threshold_dn` [N]."""
-  return (np.asarray(images_dn) > threshold_dn).sum(axis=(1, 2)).astype(np.float64)
+  """Pixels per image at or above `threshold_dn` [N].
+
+  At or above: where over 1 - bright_quantile of the real pixels sit at the clip ceiling (flares
+  that saturate), the quantile is the ceiling itself and "brighter than" would count nothing.
+  """
+  return (np.asarray(images_dn) >= threshold_dn).sum(axis=(1, 2)).astype(np.float64)
 
 
 def _log_ratio(a, b) -> float:
