@@ -19,11 +19,7 @@ import numpy as np
 from absl import logging
 
 from solar_ddpm_jax import sample, train
-
-METRICS_FILE = train.METRICS_FILE
-
-
-read_metrics = train.read_metrics  # The records of a workdir (step, loss, ...), oldest first.
+from solar_ddpm_jax.metrics_log import read_metrics
 
 
 def plot_loss(records: list[dict], path: str) -> bool:

@@ -52,8 +52,6 @@ __all__ = ["METRICS_FILE", "NUM_T_BUCKETS", "PROFILE_FIRST", "PROFILE_STEPS", "S
            "make_eval_step", "make_train_step", "read_metrics", "state_shardings",
            "summarize_metrics", "train_and_evaluate", "write_scalars"]
 
-_truncate_metrics = truncate_metrics
-
 
 def close_manager(manager, *, collective: bool = True) -> None:
   """Waits for the saves in flight and shuts the checkpoint manager down (its threads too).

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import aia171
-from solar_ddpm_jax import demo
+from solar_ddpm_jax import demo, metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def test_demo_end_to_end(tmp_path):
   assert len(fits_files) == 5 * config.sampling.num_per_class
   m = sunpy.map.Map(fits_files[0])
   assert m.meta["synthetc"] is True and m.data.shape == (32, 32)
-  losses = [r["loss"] for r in demo.read_metrics(str(workdir)) if "loss" in r]
+  losses = [r["loss"] for r in metrics_log.read_metrics(str(workdir)) if "loss" in r]
   assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
   assert os.path.exists(workdir / "report.md")
   npz = np.load(glob.glob(str(workdir / "samples" / "*" / "samples.npz"))[0])

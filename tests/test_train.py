@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import aia171
-from solar_ddpm_jax import checkpointing, diffusion, sharding, train, train_state, unet
+from solar_ddpm_jax import checkpointing, diffusion, metrics_log, sharding, train, train_state, unet
 from solar_ddpm_jax.errors import NonFiniteError
 from tests._helpers import data
 
@@ -198,7 +198,7 @@ def test_a_torn_metrics_line_does_not_stop_a_resume(tmp_path):
   path = tmp_path / train.METRICS_FILE
   path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6))
                   + '{"step": 8, "lo')
-  train._truncate_metrics(str(tmp_path), 4)
+  metrics_log.truncate_metrics(str(tmp_path), 4)
   assert [r["step"] for r in _metrics(str(tmp_path))] == [2, 4]
   assert not (tmp_path / (train.METRICS_FILE + ".tmp")).exists()
 
