@@ -44,7 +44,7 @@ def write_archive(out_dir: str, num_files: int, image_size: int, seed: int = 0) 
   from astropy.io import fits
 
   sys.path.insert(0, common.REPO)
-  from tfds_aia import synthetic
+  from tfds_aia import synthetic, synthetic_sun
   if os.path.exists(os.path.join(out_dir, "DONE")):
     return
   shutil.rmtree(out_dir, ignore_errors=True)
@@ -55,10 +55,10 @@ def write_archive(out_dir: str, num_files: int, image_size: int, seed: int = 0) 
   fluxes = synthetic.sample_fluxes(rng, num_files, (0.3, 0.3, 0.25, 0.1, 0.05))
   factor = max(image_size // 1024, 1)
   for t, flux in zip(times, fluxes, strict=True):
-    small = synthetic.render_frame(rng, image_size // factor, flux) * synthetic.EXPTIME_S
+    small = synthetic_sun.render_frame(rng, image_size // factor, flux) * synthetic_sun.EXPTIME_S
     dn = np.repeat(np.repeat(small, factor, 0), factor, 1)
     dn += rng.standard_normal(dn.shape, dtype=np.float32) * np.sqrt(dn + 1.0)
-    dn = np.clip(np.round(dn), 0, synthetic.SATURATION_DN).astype(np.int16)
+    dn = np.clip(np.round(dn), 0, synthetic_sun.SATURATION_DN).astype(np.int16)
     header = fits.Header()
     for key, value in synthetic.aia_header(float(t), image_size).items():
       header[key] = value

@@ -132,6 +132,8 @@ def run_arm(args) -> dict:
              data_dir=config.data.data_dir, judge=judge_path, workdir=workdir,
              train_s=round(train_s, 1), sample_s=round(time.time() - t0, 1),
              accuracy=accuracy, created_unix_s=time.time(),
+             guidance_interval=[float(v) for v in config.sampling.get("guidance_interval", ())],
+             guidance_rescale=float(config.sampling.get("guidance_rescale", 0.0)),
              command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results, "a") as f:
@@ -144,11 +146,13 @@ def summarize(rows: list[dict]) -> list[dict]:
   """Mean and standard deviation (ddof 1) over seeds of each arm (same name, settings, data)."""
   groups: dict = {}
   for r in rows:
-    key = (r["arm"], json.dumps(r["settings"]), r.get("data_dir", ""))
+    key = (r["arm"], json.dumps(r["settings"]), r.get("data_dir", ""),
+           json.dumps(r.get("guidance_interval", [])))
     groups.setdefault(key, []).append(r)
   out = []
-  for (arm, settings, data_dir), rs in groups.items():
+  for (arm, settings, data_dir, interval), rs in groups.items():
     entry = dict(arm=arm, settings=json.loads(settings), data_dir=data_dir, seeds=len(rs),
+                 guidance_interval=json.loads(interval),
                  train_s=float(np.mean([r["train_s"] for r in rs])))
     for w in rs[0]["accuracy"]:
       for name in ("all", *NAMES):
@@ -166,11 +170,13 @@ def read_rows(path: str) -> list[dict]:
 
 def print_table(args) -> None:
   entries = summarize(read_rows(args.results))
-  print("| arm | settings | seeds | w=0 all | w=3 all | w=3 M | w=3 X | train s (mean) |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print("| arm | settings | guidance interval | seeds | w=0 all | w=3 all | w=3 M | w=3 X "
+        "| train s (mean) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   fmt = lambda e, k: f"{e[k][0]:.3f} ± {e[k][1]:.3f}" if k in e else "-"
   for e in entries:
-    print(f"| {e['arm']} | {' '.join(e['settings']) or '(preset)'} | {e['seeds']} | "
+    interval = "({:g}, {:g})".format(*e["guidance_interval"]) if e["guidance_interval"] else "all"
+    print(f"| {e['arm']} | {' '.join(e['settings']) or '(preset)'} | {interval} | {e['seeds']} | "
           f"{fmt(e, 'w0_all')} | {fmt(e, 'w3_all')} | {fmt(e, 'w3_M')} | {fmt(e, 'w3_X')} | "
           f"{e['train_s']:.0f} |")
 

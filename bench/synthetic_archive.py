@@ -32,7 +32,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfds_aia import goes, preprocess, synthetic  # noqa: E402
+from tfds_aia import goes, preprocess, synthetic, synthetic_sun  # noqa: E402
 
 RING_EDGES = np.round(np.arange(0.2, 1.31, 0.1), 2)
 PERCENTILES = (5, 50, 95)
@@ -74,7 +74,7 @@ def synthetic_frames(size=128, num=20, num_images=600, seed=1):
 def synthetic_statistics(size=128, num=20):
   frames, _, _ = synthetic_frames(size, num)
   c = (size - 1) / 2
-  stats = [disc_statistics(f, (c, c), synthetic.radius_px(size)) for f in frames]
+  stats = [disc_statistics(f, (c, c), synthetic_sun.radius_px(size)) for f in frames]
   return np.median([s[0] for s in stats], 0), np.median([s[1] for s in stats], 0)
 
 
@@ -159,8 +159,8 @@ def figure(path):
   from matplotlib.colors import LogNorm
   real, centre, radius = real_frame()
   scene, times, runs, fluxes, hosts = plan = synthetic.simulate(600, seed=1)
-  hole_frac = [synthetic._hole_mask(scene.holes, scene, t, 64)[synthetic._geometry(64)[1]].mean()
-               for t in times]
+  disc = synthetic_sun._geometry(64)[1]
+  hole_frac = [synthetic_sun._hole_mask(scene.holes, scene, t, 64)[disc].mean() for t in times]
   flare = int(np.argmin(np.abs(np.log10(fluxes) - np.log10(2e-4))))  # An X2 flare.
   hole = int(np.argmax(hole_frac))
   quiet = int(np.argmin(np.abs(np.log10(fluxes) + 6.5)))  # A B/C-level frame.

@@ -35,8 +35,8 @@ def _synthetic_fingerprint(data_config) -> str:
   s = data_config.synthetic
   spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
   spec["channels"] = [int(c) for c in data_config.channels]
-  from tfds_aia import synthetic
-  spec["generator_version"] = synthetic.GENERATOR_VERSION
+  from tfds_aia import synthetic_sun
+  spec["generator_version"] = synthetic_sun.GENERATOR_VERSION
   return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 

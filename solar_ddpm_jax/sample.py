@@ -185,7 +185,8 @@ def _sample_fn(cfg):
   key = json.dumps([cfg.model.to_dict(), cfg.diffusion.to_dict(), cfg.mesh.to_dict(), s.sampler,
                     int(s.num_steps), float(s.eta), s.ddpm_variance, bool(s.clip_x0),
                     [int(t) for t in samplers.config_timesteps(s)],
-                    str(s.guidance_convention)],
+                    str(s.guidance_convention), float(s.get("guidance_rescale", 0.0)),
+                    [float(v) for v in s.get("guidance_interval", ())]],
                    sort_keys=True, default=str)
   if key in _SAMPLE_FN_CACHE:
     _SAMPLE_FN_CACHE.move_to_end(key)

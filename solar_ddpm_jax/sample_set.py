@@ -26,8 +26,8 @@ def settings_tag(cfg, step: int) -> str:
   step, sampler, steps, guidance, seed and batch size (batch i draws its noise from
   fold_in(seed, i)) always; then, where they apply and differ from the defaults, DDIM's eta,
   DDPM's posterior variance, x0 clipping, the raw (non-EMA) weights, an explicit timestep grid
-  (n<points>_t<its hash>: the grid itself is in the settings of samples.npz) and the published
-  guidance convention (_cfgpub).
+  (n<points>_t<its hash>: the grid itself is in the settings of samples.npz), the published
+  guidance convention (_cfgpub), a guidance interval (_gi<lo>-<hi>) and rescaling (_gr<phi>).
   """
   from solar_ddpm_jax import samplers
   s = cfg.sampling
@@ -45,7 +45,20 @@ def settings_tag(cfg, step: int) -> str:
     tag += "_raw"
   if s.guidance_convention != "project":
     tag += "_cfgpub"
+  interval = tuple(float(v) for v in s.get("guidance_interval", ()))
+  if interval:
+    tag += f"_gi{interval[0]:g}-{interval[1]:g}"
+  if float(s.get("guidance_rescale", 0.0)):
+    tag += f"_gr{float(s.guidance_rescale):g}"
   return tag
+
+
+def guidance_note(s) -> str:
+  """' on t/T in [lo, hi]' and ', rescaled phi' for a grid's title, where they shape guidance."""
+  interval = tuple(float(v) for v in s.get("guidance_interval", ()))
+  note = f" on t/T in [{interval[0]:g}, {interval[1]:g}]" if interval else ""
+  rescale = float(s.get("guidance_rescale", 0.0))
+  return note + (f", rescaled {rescale:g}" if rescale else "")
 
 
 def timesteps_hash(timesteps) -> str:
@@ -93,6 +106,8 @@ class SampleSetWriter:
         "clip_x0": bool(s.clip_x0), "use_ema": bool(s.use_ema), "checkpoint_step": step,
         "timesteps": [int(t) for t in samplers.config_timesteps(s)],
         "guidance_convention": str(s.guidance_convention),
+        "guidance_rescale": float(s.get("guidance_rescale", 0.0)),
+        "guidance_interval": [float(v) for v in s.get("guidance_interval", ())],
         "preset": cfg.preset, **outputs.sample_data_settings(cfg.data)}
     self.fits_dir = os.path.join(out_dir, "fits")
     self.batches_dir = os.path.join(out_dir, BATCHES_DIR)
@@ -164,6 +179,6 @@ class SampleSetWriter:
     outputs.save_class_grid(
         images, self.labels, os.path.join(self.out_dir, "grid.png"),
         wavelength_a=int(self.cfg.data.channels[0]),
-        title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}, "
-              f"step {self.step}")
+        title=f"{s.sampler} {int(s.num_steps)} steps, w={float(s.guidance_scale):g}"
+              f"{guidance_note(s)}, step {self.step}")
     self._remove_batches()

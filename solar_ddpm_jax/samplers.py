@@ -43,8 +43,8 @@ from solar_ddpm_jax.timestep_grids import (  # Also importable from here, as cal
 )
 
 __all__ = ["COSINE_LOGSNR_MIN", "GUIDANCE_CONVENTIONS", "SAMPLERS", "check_labels", "config_grid",
-           "config_timesteps", "explicit_grid", "grid_coefficients", "guidance_weight",
-           "guided_output", "make_sample_fn", "sample_loop", "sampler_grid",
+           "config_timesteps", "explicit_grid", "grid_coefficients", "guidance_problem",
+           "guidance_weight", "guided_output", "make_sample_fn", "sample_loop", "sampler_grid",
            "schedule_logsnr_min", "timestep_grid", "timesteps_problem"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
@@ -122,11 +122,18 @@ def grid_coefficients(sampler: str, alphas_cumprod, grid, *, final_abar: float =
   return out
 
 
-def guided_output(model_fn, x, t, labels, guidance_scale, null_label: int):
+def guided_output(model_fn, x, t, labels, guidance_scale, null_label: int, *,
+                  rescale: float = 0.0, active=None):
   """out_uncond + w (out_cond - out_uncond) from one forward pass over [cond, uncond] pairs.
 
   The pairs are interleaved ([B, 2] flattened), so a batch sharded over devices stays local.
-  guidance_scale None: the conditional branch alone (one pass of B).
+  guidance_scale None: the conditional branch alone (one pass of B). `active` (a traced bool):
+  where False the step is outside the guidance interval and w is capped at 1 (w >= 1: the
+  conditional output; w = 0 stays the unconditional one).
+  `rescale` phi in [0, 1]: guidance rescaling of Lin et al. 2024 (arXiv:2305.08891, Alg. 2), as
+  diffusers' guidance_rescale: each sample's guided output is scaled to the standard deviation of
+  its conditional output, out = phi * rescaled + (1 - phi) * guided, which undoes the growth in
+  contrast (here: flare brightness) that a large w brings.
   """
   if guidance_scale is None:
     return model_fn(x, t, labels)
@@ -135,22 +142,56 @@ def guided_output(model_fn, x, t, labels, guidance_scale, null_label: int):
   out = model_fn(pair(x, x), pair(t, t), pair(labels, jnp.full_like(labels, null_label)))
   out = out.reshape((b, 2) + out.shape[1:])
   cond, uncond = out[:, 0], out[:, 1]
-  return uncond + jnp.asarray(guidance_scale, out.dtype) * (cond - uncond)
+  w = jnp.asarray(guidance_scale, out.dtype)
+  if active is not None:  # Outside the interval no extrapolation: w = 1 (w < 1 is kept as is).
+    w = jnp.where(active, w, jnp.minimum(w, 1.0))
+  guided = uncond + w * (cond - uncond)
+  if rescale:
+    axes = tuple(range(1, guided.ndim))
+    std_cond = jnp.std(cond.astype(jnp.float32), axis=axes, keepdims=True)
+    std_guided = jnp.std(guided.astype(jnp.float32), axis=axes, keepdims=True)
+    rescaled = guided * (std_cond / jnp.maximum(std_guided, 1e-12)).astype(guided.dtype)
+    guided = rescale * rescaled + (1.0 - rescale) * guided
+  return guided
+
+
+def guidance_problem(rescale, interval) -> str:
+  """'' when sampling.guidance_rescale is in [0, 1] and sampling.guidance_interval is () or
+  (lo, hi) with 0 <= lo < hi <= 1; else what is wrong."""
+  if not 0.0 <= float(rescale) <= 1.0:
+    return (f"sampling.guidance_rescale={rescale}: phi is in [0, 1] (0: plain guidance, 1: fully "
+            "rescaled).")
+  interval = tuple(interval or ())
+  if not interval:
+    return ""
+  if len(interval) != 2:
+    return f"sampling.guidance_interval={interval!r}: () or two fractions (lo, hi) of T."
+  lo, hi = (float(v) for v in interval)
+  if not 0.0 <= lo < hi <= 1.0:
+    return (f"sampling.guidance_interval={interval!r}: needs 0 <= lo < hi <= 1 (fractions of "
+            "the training timesteps T; guidance acts where lo <= t / T <= hi).")
+  return ""
 
 
 def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num_steps: int,
                 guidance_scale=None, null_label: int = 5, prediction: str = "eps",
                 eta: float = 0.0, ddpm_variance: str = "beta", clip_x0: bool = False,
                 faithful: bool = False, sharding_constraint=None,
-                logsnr_min: float | None = None, timesteps=()):
+                logsnr_min: float | None = None, timesteps=(), guidance_rescale: float = 0.0,
+                guidance_interval=()):
   """Runs a sampler from x_T down to the data; pure, jit it (one scan over the grid).
 
   model_fn(x [B,...], t [B] int32, labels [B]) -> network output (eps, x0 or v: `prediction`).
   alphas_cumprod: the schedule's abar [T] (concrete; float64 gives the exact coefficients).
   logsnr_min: the start of DPM-Solver++'s log-SNR grid (schedule_logsnr_min). timesteps: an
-  explicit descending grid (sampler_grid); empty: the sampler's own. Returns the final x0
-  estimate [B, ...] (with `faithful`: x at abar_0, as the published code).
+  explicit descending grid (sampler_grid); empty: the sampler's own. guidance_rescale and
+  guidance_interval ((lo, hi): guidance w > 1 only where lo <= t / T <= hi, the conditional
+  output elsewhere; Kynkaanniemi et al. 2024) shape the guidance (guided_output). Returns the
+  final x0 estimate [B, ...] (with `faithful`: x at abar_0, as the published code).
   """
+  problem = guidance_problem(guidance_rescale, guidance_interval)
+  if problem:
+    raise ValueError(problem)
   if sampler == "ddim" and not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"sampling.eta={eta}: DDIM's eta is in [0, 1] (0 deterministic, 1 DDPM-like).")
   abar_all = np.asarray(alphas_cumprod, np.float64)
@@ -166,7 +207,12 @@ def sample_loop(model_fn, alphas_cumprod, x_T, labels, key, *, sampler: str, num
 
   def predict(x, step):
     t = jnp.full((batch,), step["t"], jnp.int32)
-    out = guided_output(model_fn, x, t, labels, guidance_scale, null_label).astype(jnp.float32)
+    active = None
+    if guidance_interval:
+      frac = step["t"].astype(jnp.float32) / float(len(abar_all))
+      active = (frac >= float(guidance_interval[0])) & (frac <= float(guidance_interval[1]))
+    out = guided_output(model_fn, x, t, labels, guidance_scale, null_label,
+                        rescale=float(guidance_rescale), active=active).astype(jnp.float32)
     abar = jnp.broadcast_to(step["abar"], bshape)
     eps, x0 = diffusion.eps_and_x0(prediction, abar, x, out)
     if clip_x0:
@@ -231,6 +277,11 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
   s, m, d = config.sampling, config.model, config.diffusion
   convention = str(s.guidance_convention)
   timesteps = config_timesteps(s)
+  rescale = float(s.get("guidance_rescale", 0.0))
+  interval = tuple(float(v) for v in s.get("guidance_interval", ()))
+  problem = guidance_problem(rescale, interval)
+  if problem:  # Refused here, before anything compiles.
+    raise ValueError(problem)
   if timesteps:  # A bad grid is refused here, before anything compiles.
     explicit_grid(timesteps, int(d.num_timesteps), bool(d.faithful_timesteps))
   if (float(d.label_dropout) <= 0.0
@@ -267,7 +318,7 @@ def make_sample_fn(apply_fn, schedule, config, mesh=None):
                     eta=float(s.eta), ddpm_variance=str(s.ddpm_variance),
                     clip_x0=bool(s.clip_x0), faithful=bool(d.faithful_timesteps),
                     sharding_constraint=constraint, logsnr_min=logsnr_min,
-                    timesteps=timesteps)
+                    timesteps=timesteps, guidance_rescale=rescale, guidance_interval=interval)
     return jnp.clip(x, -1.0, 1.0)
 
   jitted = jax.jit(run, out_shardings=out_sharding)

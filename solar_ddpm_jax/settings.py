@@ -216,6 +216,16 @@ def _sampling_problems(config) -> list[str]:
   if convention is not _MISSING and convention not in samplers.GUIDANCE_CONVENTIONS:
     found.append(f"sampling.guidance_convention={convention!r}: allowed values are "
                  f"{', '.join(map(repr, samplers.GUIDANCE_CONVENTIONS))} (see docs/sampling.md).")
+  rescale = _get(config, "sampling.guidance_rescale")
+  interval = _get(config, "sampling.guidance_interval")
+  try:
+    problem = samplers.guidance_problem(0.0 if rescale is _MISSING else rescale,
+                                        () if interval is _MISSING else interval)
+  except (TypeError, ValueError):
+    problem = (f"sampling.guidance_rescale={rescale!r} / sampling.guidance_interval={interval!r}: "
+               "a number in [0, 1] and () or two numbers (lo, hi).")
+  if problem:
+    found.append(problem)
   found += _timesteps_problems(config)
   return found
 

@@ -49,6 +49,7 @@ def test_paper_preset_is_the_published_setup():
   assert (c.diffusion.beta_start, c.diffusion.beta_end) == (1e-4, 0.02)
   assert c.sampling.guidance_scale == 3.0 and c.diffusion.label_dropout == 0.1
   assert (c.training.learning_rate, c.training.ema_decay) == (3e-4, 0.995)
+  assert c.sampling.guidance_rescale == 0.0 and tuple(c.sampling.guidance_interval) == ()
 
 
 def test_unknown_preset_is_a_clear_error():
@@ -153,3 +154,19 @@ def test_dataset_builder_defaults_are_the_paper_preset_values():
                 tuple(data[k]) if isinstance(data[k], tuple | list) else data[k])}
   assert not differ
   assert builder.settings_from_config(data) == builder.DEFAULT_SETTINGS
+
+
+def test_guidance_shape_settings_are_checked_up_front(monkeypatch, tmp_path):
+  from solar_ddpm_jax import settings
+  path = os.path.join(REPO, "configs", "aia171.py")
+  config = _parse_flags(monkeypatch, f"--config={path}:demo",
+                        "--config.sampling.guidance_interval=(0.2,1.0)",
+                        "--config.sampling.guidance_rescale=0.5")
+  assert settings.problems(config, str(tmp_path), "sample") == []
+  config.sampling.guidance_interval = (0.8, 0.2)
+  config.sampling.guidance_rescale = 2.0
+  found = settings.problems(config, str(tmp_path), "sample")
+  assert len(found) == 1 and "sampling.guidance_rescale=2.0" in found[0]
+  config.sampling.guidance_rescale = 0.0
+  found = settings.problems(config, str(tmp_path), "sample")
+  assert len(found) == 1 and "sampling.guidance_interval=(0.8, 0.2)" in found[0]

@@ -235,11 +235,11 @@ def test_a_capped_split_is_read_evenly_in_time(config, grain_config, fmt):
 
 
 def test_a_new_synthetic_generator_gets_its_own_archive_folder(monkeypatch, tmp_path):
-  from tfds_aia import synthetic
+  from tfds_aia import synthetic_sun
   config = aia171.get_config("test")
   config.data.data_dir = str(tmp_path)
   before = dataset.dataset_dirs(config)
-  monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+  monkeypatch.setattr(synthetic_sun, "GENERATOR_VERSION", synthetic_sun.GENERATOR_VERSION + 1)
   after = dataset.dataset_dirs(config)
   assert before[1] != after[1] and before[0] != after[0]
   assert os.path.dirname(before[1]) != os.path.dirname(after[1])

@@ -106,19 +106,19 @@ def test_pixel_checks_keep_real_and_synthetic_frames():
   import sunpy.data.test
   from astropy.io import fits
 
-  from tfds_aia import synthetic
+  from tfds_aia import synthetic_sun as sun
   path = os.path.join(os.path.dirname(sunpy.data.test.__file__), "aia_171_level1.fits")
   with fits.open(path) as hdul:
     data, exptime = hdul[0].data.astype(np.float32), hdul[0].header["EXPTIME"]
   assert (data <= 0).any()  # Dark pixels off the disc do not make it a dark frame.
   assert preprocess.pixel_problem(data / exptime, exptime_s=exptime, wavelength=171) is None
   for flux in (1e-8, 1e-3):  # A1 to X10: the faintest and the brightest synthetic frames.
-    dn = np.clip(np.round(synthetic.render_frame(np.random.default_rng(0), 64, flux)
-                          * synthetic.EXPTIME_S), 0, synthetic.SATURATION_DN)
-    assert preprocess.pixel_problem(dn / synthetic.EXPTIME_S, exptime_s=synthetic.EXPTIME_S,
+    dn = np.clip(np.round(sun.render_frame(np.random.default_rng(0), 64, flux)
+                          * sun.EXPTIME_S), 0, sun.SATURATION_DN)
+    assert preprocess.pixel_problem(dn / sun.EXPTIME_S, exptime_s=sun.EXPTIME_S,
                                     wavelength=171) is None
   # The on-disc circle lies inside the disc of a full-disc frame (0.397 frame widths here).
-  radius = synthetic.RSUN_OBS_ARCSEC / (0.6 * 4096)
+  radius = sun.RSUN_OBS_ARCSEC / (0.6 * 4096)
   assert preprocess.DISC_RADIUS_FRACTION < radius - 0.03
   mask = preprocess.disc_mask((64, 64))
   assert mask[32, 32] and not mask[32, 9] and mask[32, 10] and not mask[0, 0]

@@ -177,7 +177,7 @@ def test_sample_sets_of_other_settings_get_their_own_folders(trained):
     tags.add(sample.settings_tag(cfg, 2))
   assert len(tags) == 7
   assert sample.settings_tag(sample.sampling_config(config, sampler="ddim", num_steps=4),
-                             2) == "step2_ddim_n4_w3_seed0_b8"
+                             2) == "step2_ddim_n4_w3_seed0_b8_gi0.3-1"
 
 
 def test_a_timestep_grid_and_the_guidance_convention_name_their_own_sample_sets(tmp_path):
@@ -195,11 +195,32 @@ def test_a_timestep_grid_and_the_guidance_convention_name_their_own_sample_sets(
     assert settings["guidance_convention"] == convention
   assert len(tags) == 5
   digest = hashlib.sha256(b"99,50,0").hexdigest()[:8]
-  assert f"step2_ddim_n3_t{digest}_w3_seed0_b8_cfgpub" in tags
+  assert f"step2_ddim_n3_t{digest}_w3_seed0_b8_cfgpub_gi0.3-1" in tags  # The demo's interval.
   # A step count given per call (the classifier's synthetic images) asks for its own grid.
   cfg.sampling.timesteps = (99, 50, 0)
   assert sample.sampling_config(cfg, num_steps=5).sampling.timesteps == ()
   assert sample.sampling_config(cfg, guidance_scale=2.0).sampling.timesteps == (99, 50, 0)
+
+
+def test_guidance_interval_and_rescale_name_their_own_sample_sets_and_programs(monkeypatch,
+                                                                                tmp_path):
+  import collections
+  base = sample.sampling_config(aia171.get_config("test"), sampler="ddim", num_steps=4)
+  built = []
+  monkeypatch.setattr(samplers, "make_sample_fn", lambda *a: built.append(1) or (lambda: None))
+  monkeypatch.setattr(sample, "_SAMPLE_FN_CACHE", collections.OrderedDict())
+  tags = set()
+  for interval, rescale in [((), 0.0), ((0.3, 1.0), 0.0), ((0.2, 1.0), 0.0), ((), 0.7),
+                            ((0.3, 1.0), 0.7), ((0.3, 1.0), 0.7)]:
+    cfg = base.copy_and_resolve_references()
+    cfg.sampling.guidance_interval, cfg.sampling.guidance_rescale = interval, rescale
+    tags.add(sample.settings_tag(cfg, 2))
+    sample._sample_fn(cfg)
+    settings = sample.SampleSetWriter(str(tmp_path), cfg, 2, np.zeros(1, np.int32)).settings
+    assert settings["guidance_interval"] == list(interval)
+    assert settings["guidance_rescale"] == rescale
+  assert len(tags) == 5 and len(built) == 5  # The repeated settings reuse tag and program.
+  assert "step2_ddim_n4_w3_seed0_b8_gi0.3-1_gr0.7" in tags
 
 
 def test_the_compiled_sampler_cache_tells_grids_and_conventions_apart(monkeypatch):

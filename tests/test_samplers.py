@@ -472,3 +472,59 @@ def test_guidance_conventions_give_the_published_and_project_formulas(convention
     for got in (fn(params, labels, key, guidance_scale=s),  # A number: 0 and 1 one branch.
                 fn(params, labels, key, guidance_scale=jnp.float32(s))):  # Traced.
       np.testing.assert_allclose(np.asarray(got), want(s), atol=1e-6, err_msg=f"s={s}")
+
+
+def test_guidance_rescale_matches_the_published_formula():
+  """Lin et al. 2024, Alg. 2, in numpy: phi * guided * std(cond) / std(guided) + (1-phi) guided."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
+  labels = np.array([0, 2, 4], np.int32)
+  model_fn = lambda x, t, y: x * (1.0 + y.reshape(-1, 1, 1, 1)) + 0.1 * y.reshape(-1, 1, 1, 1)
+  w, phi = 3.0, 0.7
+  cond = x * (1.0 + labels.reshape(-1, 1, 1, 1)) + 0.1 * labels.reshape(-1, 1, 1, 1)
+  uncond = x * 6.0 + 0.5
+  guided = uncond + w * (cond - uncond)
+  ratio = cond.std(axis=(1, 2, 3), keepdims=True) / guided.std(axis=(1, 2, 3), keepdims=True)
+  want = phi * guided * ratio + (1 - phi) * guided
+  got = samplers.guided_output(model_fn, jnp.asarray(x), jnp.zeros(3, jnp.int32),
+                               jnp.asarray(labels), w, 5, rescale=phi)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  plain = samplers.guided_output(model_fn, jnp.asarray(x), jnp.zeros(3, jnp.int32),
+                                 jnp.asarray(labels), w, 5)
+  np.testing.assert_allclose(np.asarray(plain), guided, rtol=1e-5, atol=1e-5)
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it():
+  """Guidance on (0.55, 0.65) of T touches only t = 600 of the grid 999, 600, 300, 0: the same as a
+  network that applies the guidance itself at t = 600 and is sampled conditionally."""
+  mu = lambda y: 0.1 * y.astype(jnp.float32)
+  base = gaussian_eps(mu)
+  labels = jnp.array([0, 1, 2, 3], jnp.int32)
+  x_T = jax.random.normal(jax.random.key(0), (4, 2, 2, 1))
+  grid, w = (999, 600, 300, 0), 4.0
+
+  def by_hand(x, t, y):
+    cond, uncond = base(x, t, y), base(x, t, jnp.full_like(y, 5))
+    return jnp.where((t == 600)[:, None, None, None], uncond + w * (cond - uncond), cond)
+
+  def sample(model_fn, scale, **kwargs):
+    return np.asarray(samplers.sample_loop(
+        model_fn, ABAR, x_T, labels, jax.random.key(1), sampler="ddim", num_steps=4,
+        guidance_scale=scale, timesteps=grid, **kwargs))
+
+  got = sample(base, w, guidance_interval=(0.55, 0.65))
+  np.testing.assert_allclose(got, sample(by_hand, None), rtol=1e-5, atol=1e-6)
+  assert np.abs(got - sample(base, None)).max() > 1e-3  # The step at t = 600 was guided.
+  np.testing.assert_allclose(sample(base, w, guidance_interval=(0.0, 1.0)), sample(base, w),
+                             rtol=1e-5, atol=1e-6)
+  # w <= 1 is not extrapolation: the interval leaves it alone (w = 0 stays unconditional).
+  unconditional = np.asarray(samplers.sample_loop(
+      base, ABAR, x_T, jnp.full_like(labels, 5), jax.random.key(1), sampler="ddim", num_steps=4,
+      guidance_scale=None, timesteps=grid))
+  np.testing.assert_allclose(sample(base, 0.0, guidance_interval=(0.55, 0.65)), unconditional,
+                             rtol=1e-5, atol=1e-6)
+  for bad in [(0.5,), (0.7, 0.2), (-0.1, 0.5), (0.2, 1.5)]:
+    with pytest.raises(ValueError, match="guidance_interval"):
+      sample(base, w, guidance_interval=bad)
+  with pytest.raises(ValueError, match="guidance_rescale"):
+    sample(base, w, guidance_rescale=1.5)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tfds_aia import goes, synthetic
+from tfds_aia import goes, synthetic, synthetic_sun
 
 RINGS = np.round(np.arange(0.2, 1.31, 0.1), 2)
 
@@ -59,7 +59,7 @@ def test_differential_rotation_matches_sunpy():
   lat = np.linspace(-70, 70, 15)
   for days in (0.3, 2.0, 11.0):
     for frame_time in ("synodic", "sidereal"):
-      ours = synthetic.differential_rotation_deg(days * 86400.0, lat, frame_time)
+      ours = synthetic_sun.differential_rotation_deg(days * 86400.0, lat, frame_time)
       ref = differential_rotation(days * u.day, lat * u.deg, model="howard",
                                   frame_time=frame_time).to_value(u.deg)
       np.testing.assert_allclose(np.mod(ours, 360.0), ref, atol=1e-6)
@@ -78,9 +78,9 @@ def test_active_regions_persist_between_neighbouring_frames():
   plan = synthetic.simulate(600, seed=1)
   _, times, runs, _, _ = plan
   size = 128
-  r = synthetic._geometry(size)[0]
+  r = synthetic_sun._geometry(size)[0]
   disc = r < 0.95
-  base = np.log(synthetic.background_profile(r)[disc])
+  base = np.log(synthetic_sun.background_profile(r)[disc])
 
   def residual(i):
     image = synthetic.render_archive_frame(*plan, i, size)
@@ -130,9 +130,9 @@ def test_goes_file_carries_each_frame_flux_and_big_flares_bloom(tmp_path):
     np.testing.assert_allclose(g_f[np.searchsorted(g_t, t)], fluxes[i], rtol=1e-6)
   assert summary["class_counts"] == np.bincount(goes.flux_to_class(fluxes)[0], minlength=5).tolist()
   # An X flare saturates the CCD and bleeds along columns (taller than wide).
-  image = synthetic.render_frame(np.random.default_rng(0), 128, 3e-4)
-  sat = image >= synthetic.SATURATION_DN / synthetic.EXPTIME_S - 1e-3
+  image = synthetic_sun.render_frame(np.random.default_rng(0), 128, 3e-4)
+  sat = image >= synthetic_sun.SATURATION_DN / synthetic_sun.EXPTIME_S - 1e-3
   rows, cols = np.nonzero(sat)
   assert sat.sum() > 0 and np.ptp(rows) > np.ptp(cols)
-  quiet = synthetic.render_frame(np.random.default_rng(0), 128, 3e-8)
-  assert quiet.max() < synthetic.SATURATION_DN / synthetic.EXPTIME_S
+  quiet = synthetic_sun.render_frame(np.random.default_rng(0), 128, 3e-8)
+  assert quiet.max() < synthetic_sun.SATURATION_DN / synthetic_sun.EXPTIME_S

@@ -247,6 +247,10 @@ def augment_experiment(config, workdir: str) -> dict:
                    "synthetic_sampler": cc.synthetic_sampler,
                    "synthetic_steps": int(cc.synthetic_steps),
                    "synthetic_guidance": float(cc.synthetic_guidance),
+                   "synthetic_guidance_interval": [
+                       float(v) for v in config.sampling.get("guidance_interval", ())],
+                   "synthetic_guidance_rescale": float(
+                       config.sampling.get("guidance_rescale", 0.0)),
                    "diffusion_checkpoint": cc.diffusion_checkpoint or workdir,
                    "diffusion_data": diffusion_data,
                    "split_gap_hours": float(config.data.split_gap_hours),

@@ -170,7 +170,9 @@ def config_sampling_settings(config) -> dict:
   """The sampling settings evaluate() samples with, as the report records them."""
   s = config.sampling
   return dict(sampler=s.sampler, num_steps=int(s.num_steps),
-              guidance_scale=float(s.guidance_scale), seed=int(s.seed))
+              guidance_scale=float(s.guidance_scale), seed=int(s.seed),
+              guidance_rescale=float(s.get("guidance_rescale", 0.0)),
+              guidance_interval=[float(v) for v in s.get("guidance_interval", ())])
 
 
 def run_report(config, workdir: str, real, fake, *, generate_fn=None,
