@@ -215,11 +215,15 @@ def run_sweep(args) -> dict:
   print("judge on real test images", json.dumps(judge_real))
   result = {"workdir": args.workdir, "judge": judge_path, "scales": scales, "rows": {},
             "judge_real": judge_real,
+            "guidance_interval": [float(v) for v in config.sampling.guidance_interval],
+            "guidance_rescale": float(config.sampling.guidance_rescale),
+            "brightness_real": brightness(real["image"], np.asarray(real["flare_class"])),
             "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])}
   for w in scales:
     images = sample.generate(config, args.workdir, labels, guidance_scale=w,
                              seed=int(config.sampling.seed))
     row = sweep_scores(predict_fn(images), labels)
+    row["brightness"] = brightness(images, labels)
     fake_features = np.asarray(classifier_train.features(apply_fn, params, images))
     row["fid_all"] = float(fid_lib.fid(real_features, fake_features))
     for i, name in enumerate(NAMES):
@@ -267,6 +271,12 @@ def plot_sweep(result: dict, path: str) -> None:
   axes[0].set_ylim(0, 1.02)
   axes[1].set_ylim(0, 1.02)
   axes[0].legend(fontsize=8)
+  interval = result.get("guidance_interval") or []
+  note = (f"guided on t/T in [{interval[0]:g}, {interval[1]:g}]" if interval
+          else "guided at every step")
+  if result.get("guidance_rescale"):
+    note += f", rescaled {result['guidance_rescale']:g}"
+  fig.suptitle(f"{result['workdir']}: {note}", fontsize=10)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
@@ -292,6 +302,15 @@ def class_signal(images: np.ndarray, labels: np.ndarray, num_classes: int = 5) -
                                bright_fraction=float((x[sel] > 0.9).mean()))
   return dict(pixel_variance=total / x.shape[1], between_class_fraction=between / total,
               per_class=per_class)
+
+
+def brightness(images: np.ndarray, labels: np.ndarray) -> dict:
+  """Per class: the mean over images of the 4 brightest pixels (the flare kernel) and of every
+  pixel (the disc and its active regions), in [-1, 1] units."""
+  x = images.reshape(len(images), -1).astype(np.float64)
+  top4, mean = np.sort(x, 1)[:, -4:].mean(1), x.mean(1)
+  return {NAMES[k]: dict(top4=float(top4[labels == k].mean()), mean=float(mean[labels == k].mean()))
+          for k in range(len(NAMES)) if (labels == k).any()}
 
 
 def run_signal(args) -> dict:

@@ -65,6 +65,7 @@ def _convert(config, workdir: str) -> None:
   convert.convert_from_config(config, workdir)
 
 
+DEMO_PRESETS = ("demo", "demo_modern")  # Presets whose 'auto' mode is the whole demo.
 MODES = {"train": _train, "demo": _demo, "sample": _sample, "build_data": _build_data,
          "export_features": _export_features, "evaluate": _evaluate,
          "augment_experiment": _augment_experiment, "convert": _convert}
@@ -81,7 +82,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports "
                     "(default: workdir/<preset> under the current directory).")
 flags.DEFINE_enum("mode", "auto", ["auto", *MODES],
-                  "What to run. 'auto': 'demo' for the demo preset (train, sample, report), "
+                  "What to run. 'auto': 'demo' for the demo presets (train, sample, report), "
                   "else 'train'.")
 
 
@@ -139,7 +140,7 @@ def main(argv):
   logging.info("workdir: %s", os.path.abspath(workdir))
   mode = FLAGS.mode
   if mode == "auto":
-    mode = "demo" if config.preset == "demo" else "train"
+    mode = "demo" if config.preset in DEMO_PRESETS else "train"
   try:
     _run(config, workdir, mode)
   except Exception as e:  # A user error ends with its message; a bug keeps its traceback.

@@ -207,3 +207,33 @@ def test_class_signal_is_the_between_class_share_of_the_variance():
   # No class structure: the share is near zero.
   flat = _bench().class_signal(rng.normal(0, 0.2, (70, 4, 4, 1)), labels)
   assert flat["between_class_fraction"] < 0.15
+
+
+def test_brightness_is_the_flare_kernel_and_disc_level_per_requested_class():
+  images = np.full((4, 3, 3, 1), -1.0)
+  images[0, 0, :, 0] = [0.5, 0.3, 0.1]  # Class A: 4 brightest = 0.5, 0.3, 0.1, -1.
+  images[1, :, :, 0] = 0.2  # Class A: a uniform disc.
+  images[2, 1, 1, 0] = 1.0  # Class X: one bright pixel.
+  images[3, 2, :, 0] = 0.9  # Class X.
+  labels = np.array([0, 0, 4, 4])
+  b = _bench().brightness(images, labels)
+  assert set(b) == {"A", "X"}
+  assert b["A"]["top4"] == pytest.approx(((0.5 + 0.3 + 0.1 - 1.0) / 4 + 0.2) / 2)
+  assert b["A"]["mean"] == pytest.approx(((0.9 - 6.0) / 9 + 0.2) / 2)
+  assert b["X"]["top4"] == pytest.approx(((1.0 - 3.0) / 4 + (2.7 - 1.0) / 4) / 2)
+
+
+def test_sweep_figure_names_how_guidance_was_applied(tmp_path, monkeypatch):
+  import matplotlib.figure
+  titles = []
+  monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                      lambda self, t, **kw: titles.append(t))
+  row = {"all": 0.5, "fid_all": 10.0, **{f"{k}_{n}": 0.5 for k in ("recall", "precision", "fid")
+                                         for n in "ABCMX"}}
+  result = {"workdir": "w", "rows": {"0": row, "3": row}}
+  bench = _bench()
+  bench.plot_sweep({**result, "guidance_interval": [0.3, 1.0]}, str(tmp_path / "a.png"))
+  bench.plot_sweep({**result, "guidance_interval": [], "guidance_rescale": 0.7},
+                   str(tmp_path / "b.png"))
+  assert titles == ["w: guided on t/T in [0.3, 1]", "w: guided at every step, rescaled 0.7"]
+  assert (tmp_path / "a.png").stat().st_size > 0

@@ -170,3 +170,16 @@ def test_guidance_shape_settings_are_checked_up_front(monkeypatch, tmp_path):
   config.sampling.guidance_rescale = 0.0
   found = settings.problems(config, str(tmp_path), "sample")
   assert len(found) == 1 and "sampling.guidance_interval=(0.8, 0.2)" in found[0]
+
+
+def test_demo_modern_is_the_demo_with_modern_blocks():
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}": v})
+    return out
+  demo, modern = flat(aia171.get_config("demo")), flat(aia171.get_config("demo_modern"))
+  assert demo.keys() == modern.keys()
+  changed = {k: (demo[k], modern[k]) for k in demo if demo[k] != modern[k]}
+  assert changed == {"preset": ("demo", "demo_modern"),
+                     "model.block_style": ("paper", "modern")}

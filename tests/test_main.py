@@ -94,19 +94,24 @@ def run_main(monkeypatch):
       mode_fn()
 
     monkeypatch.setitem(main.MODES, "train", fake)
-    argv = ["main", f"--config={CONFIG}:test", "--config.mesh.distributed=off", *flags]
-    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv.
-    main.FLAGS.unparse_flags()
-    main.FLAGS(argv)
-    try:
-      main.main(["main"])
-    finally:
-      main.FLAGS.unparse_flags()
-      for name in [n for n in main.FLAGS if n.startswith("config.")]:
-        delattr(main.FLAGS, name)  # Override flags are defined anew by each parse.
+    _main_with_flags(monkeypatch, f"--config={CONFIG}:test", *flags)
 
   run.calls = calls
   return run
+
+
+def _main_with_flags(monkeypatch, *flags):
+  """main.main with these command-line flags (and one process), in this process."""
+  argv = ["main", *flags, "--config.mesh.distributed=off"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv.
+  main.FLAGS.unparse_flags()
+  main.FLAGS(argv)
+  try:
+    main.main(["main"])
+  finally:
+    main.FLAGS.unparse_flags()
+    for name in [n for n in main.FLAGS if n.startswith("config.")]:
+      delattr(main.FLAGS, name)  # Override flags are defined anew by each parse.
 
 
 def _raise(error):
@@ -219,3 +224,14 @@ def test_every_mode_is_a_function_whose_import_and_call_a_static_reader_can_foll
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)} | {
         a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
     assert call.func.attr in defined, (mode, module, call.func.attr)
+
+
+@pytest.mark.parametrize("preset,expected", [("demo", "demo"), ("demo_modern", "demo"),
+                                             ("test", "train"), ("paper", "train")])
+def test_auto_mode_runs_the_whole_demo_for_the_demo_presets(preset, expected, monkeypatch,
+                                                            tmp_path):
+  ran = []
+  for mode in ("demo", "train"):
+    monkeypatch.setitem(main.MODES, mode, lambda config, workdir, mode=mode: ran.append(mode))
+  _main_with_flags(monkeypatch, f"--config={CONFIG}:{preset}", f"--workdir={tmp_path}")
+  assert ran == [expected]
