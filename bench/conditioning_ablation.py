@@ -131,10 +131,8 @@ def run_arm(args) -> dict:
   row = dict(arm=args.name, seed=int(args.seed), preset=args.preset, settings=list(args.set),
              data_dir=config.data.data_dir, judge=judge_path, workdir=workdir,
              train_s=round(train_s, 1), sample_s=round(time.time() - t0, 1),
-             accuracy=accuracy, created_unix_s=time.time(),
-             guidance_interval=[float(v) for v in config.sampling.get("guidance_interval", ())],
-             guidance_rescale=float(config.sampling.get("guidance_rescale", 0.0)),
-             command=" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
+             accuracy=accuracy, created_unix_s=time.time(), **guidance_settings(config),
+             command=command_line())
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results, "a") as f:
     f.write(json.dumps(row) + "\n")
@@ -215,10 +213,9 @@ def run_sweep(args) -> dict:
   print("judge on real test images", json.dumps(judge_real))
   result = {"workdir": args.workdir, "judge": judge_path, "scales": scales, "rows": {},
             "judge_real": judge_real,
-            "guidance_interval": [float(v) for v in config.sampling.guidance_interval],
-            "guidance_rescale": float(config.sampling.guidance_rescale),
+            **guidance_settings(config),
             "brightness_real": brightness(real["image"], np.asarray(real["flare_class"])),
-            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])}
+            "command": command_line()}
   for w in scales:
     images = sample.generate(config, args.workdir, labels, guidance_scale=w,
                              seed=int(config.sampling.seed))
@@ -235,6 +232,17 @@ def run_sweep(args) -> dict:
   with open(os.path.splitext(args.figure)[0] + ".json", "w") as f:
     json.dump(result, f, indent=1)
   return result
+
+
+def guidance_settings(config) -> dict:
+  """How guidance was shaped (interval, rescale), as recorded with every result."""
+  return dict(guidance_interval=[float(v) for v in config.sampling.get("guidance_interval", ())],
+              guidance_rescale=float(config.sampling.get("guidance_rescale", 0.0)))
+
+
+def command_line() -> str:
+  """This process's command line, quoted to be run again."""
+  return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
 
 
 def _update(config, recorded: dict) -> None:
@@ -271,16 +279,18 @@ def plot_sweep(result: dict, path: str) -> None:
   axes[0].set_ylim(0, 1.02)
   axes[1].set_ylim(0, 1.02)
   axes[0].legend(fontsize=8)
-  interval = result.get("guidance_interval") or []
-  note = (f"guided on t/T in [{interval[0]:g}, {interval[1]:g}]" if interval
-          else "guided at every step")
-  if result.get("guidance_rescale"):
-    note += f", rescaled {result['guidance_rescale']:g}"
-  fig.suptitle(f"{result['workdir']}: {note}", fontsize=10)
+  from solar_ddpm_jax.sample_set import guidance_note
+  steps = "" if result.get("guidance_interval") else " at every step"
+  fig.suptitle(f"{result['workdir']}: guided{steps}{guidance_note(result)}", fontsize=10)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
   plt.close(fig)
+
+
+def _top4(x: np.ndarray) -> np.ndarray:
+  """Mean of each row's 4 largest values (the flare kernel of a flattened image)."""
+  return np.sort(x, 1)[:, -4:].mean(1)
 
 
 def class_signal(images: np.ndarray, labels: np.ndarray, num_classes: int = 5) -> dict:
@@ -291,7 +301,7 @@ def class_signal(images: np.ndarray, labels: np.ndarray, num_classes: int = 5) -
   total = float(((x - mu) ** 2).sum(1).mean())
   between = 0.0
   per_class = {}
-  top4 = np.sort(x, 1)[:, -4:].mean(1)
+  top4 = _top4(x)
   for k in range(num_classes):
     sel = labels == k
     if not sel.any():
@@ -308,7 +318,7 @@ def brightness(images: np.ndarray, labels: np.ndarray) -> dict:
   """Per class: the mean over images of the 4 brightest pixels (the flare kernel) and of every
   pixel (the disc and its active regions), in [-1, 1] units."""
   x = images.reshape(len(images), -1).astype(np.float64)
-  top4, mean = np.sort(x, 1)[:, -4:].mean(1), x.mean(1)
+  top4, mean = _top4(x), x.mean(1)
   return {NAMES[k]: dict(top4=float(top4[labels == k].mean()), mean=float(mean[labels == k].mean()))
           for k in range(len(NAMES)) if (labels == k).any()}
 

@@ -173,13 +173,7 @@ def test_guidance_shape_settings_are_checked_up_front(monkeypatch, tmp_path):
 
 
 def test_demo_modern_is_the_demo_with_modern_blocks():
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}": v})
-    return out
-  demo, modern = flat(aia171.get_config("demo")), flat(aia171.get_config("demo_modern"))
-  assert demo.keys() == modern.keys()
-  changed = {k: (demo[k], modern[k]) for k in demo if demo[k] != modern[k]}
-  assert changed == {"preset": ("demo", "demo_modern"),
-                     "model.block_style": ("paper", "modern")}
+  demo, modern = aia171.get_config("demo"), aia171.get_config("demo_modern")
+  assert (demo.model.block_style, modern.model.block_style) == ("paper", "modern")
+  demo.model.block_style, demo.preset = "modern", "demo_modern"
+  assert demo.to_dict() == modern.to_dict()  # Every other setting is the demo's.
