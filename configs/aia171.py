@@ -8,9 +8,9 @@ Presets are chosen with the config string, e.g.
   demo        the embedded default: a synthetic AIA-like archive built on first use, a small UNet
               at 32 px; trains, samples a grid per class and writes a report in minutes
               on 2 CPU cores.
-  demo_modern the demo with residual scale/shift blocks: the label reaches every block as a
-              scale and a shift; follows its class label better (docs/conditioning.md); about
-              half an hour on 2 CPU cores.
+  demo_modern the demo with residual scale/shift blocks (the label reaches every block as a
+              scale and a shift) and class-balanced batches; follows its class label better
+              (docs/conditioning.md); about half an hour on 2 CPU cores.
   test        tiny shapes for unit tests (seconds).
   res128, res256, res512   the paper network family at higher resolution (modern residual blocks,
               attention only at <= 32 px, bf16 compute).
@@ -332,11 +332,16 @@ def _demo(config):
 
 
 def _demo_modern(config):
-  """The demo with modern blocks: time and class reach every residual block as a scale and a
-  shift of its normalised features (the paper blocks add them once per level, after the
-  convolutions, and not in the bottleneck)."""
+  """The demo with modern blocks and class-balanced batches: time and class reach every residual
+  block as a scale and a shift of its normalised features (the paper blocks add them once per
+  level, after the convolutions, and not in the bottleneck); each class is drawn equally often in
+  training (M and X are 17 % of the archive's training frames), with the class embedding
+  initialised N(0, 1) as in the published code. Each change lifts the conditioning accuracy
+  (docs/conditioning.md#the-ablation)."""
   config = _demo(config)
   config.model.block_style = "modern"
+  config.data.class_balanced = True
+  config.model.class_embed_init = "unit"
   return config
 
 

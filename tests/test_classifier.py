@@ -9,6 +9,7 @@ from configs import aia171
 from solar_ddpm_jax import classifier
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
+from solar_ddpm_jax.evaluation import domain
 
 
 def _config(**overrides):
@@ -111,6 +112,16 @@ def test_training_beats_chance_and_round_trips(tmp_path):
   jitted = jax.jit(lambda p, x: classifier.features(apply2, p, x))(params2, test_images[:7])
   np.testing.assert_allclose(jitted, feats, rtol=1e-5, atol=1e-6)
   assert not np.allclose(feats[0], feats[-1])  # Features depend on the image.
+
+  # The judge's fingerprint in feature exports names its weights, not the checkpoint's files
+  # (orbax writes timestamps and random file names): same weights saved again, same digest.
+  again = classifier.save_classifier(str(tmp_path / "again"), params2, meta2)
+  changed = jax.tree_util.tree_map(np.array, params2)  # Writable copies.
+  first = jax.tree_util.tree_leaves(changed)[0]
+  first[(0,) * first.ndim] += 1.0
+  other = classifier.save_classifier(str(tmp_path / "other"), changed, meta2)
+  digests = [domain.domain_extractor(p).weights_sha256 for p in (path, again, other)]
+  assert digests[0] == digests[1] != digests[2] and len(digests[0]) == 64
 
 
 def test_missing_checkpoint_names_path_and_command(tmp_path):

@@ -172,8 +172,11 @@ def test_guidance_shape_settings_are_checked_up_front(monkeypatch, tmp_path):
   assert len(found) == 1 and "sampling.guidance_interval=(0.8, 0.2)" in found[0]
 
 
-def test_demo_modern_is_the_demo_with_modern_blocks():
+def test_demo_modern_is_the_demo_with_modern_blocks_and_balanced_batches():
   demo, modern = aia171.get_config("demo"), aia171.get_config("demo_modern")
   assert (demo.model.block_style, modern.model.block_style) == ("paper", "modern")
+  assert (demo.data.class_balanced, modern.data.class_balanced) == (False, True)
+  assert (demo.model.class_embed_init, modern.model.class_embed_init) == ("default", "unit")
   demo.model.block_style, demo.preset = "modern", "demo_modern"
+  demo.data.class_balanced, demo.model.class_embed_init = True, "unit"
   assert demo.to_dict() == modern.to_dict()  # Every other setting is the demo's.

@@ -9,12 +9,12 @@ A Fréchet distance in this space needs no external weights. Two checkpoint kind
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,14 +53,17 @@ def checkpoint_path(config, workdir: str) -> str:
   return config.evaluation.domain_checkpoint or os.path.join(workdir, "classifier")
 
 
-def _tree_sha256(path: str) -> str:
-  """sha256 over the files of a checkpoint directory (names and bytes, sorted)."""
+def _params_sha256(params) -> str:
+  """sha256 over the parameter arrays (path, dtype, shape and bytes of each leaf, sorted by
+  path): the same weights give the same digest however and whenever they were saved (an orbax
+  checkpoint folder also holds timestamps and randomly named files, which a file digest would
+  mix in)."""
   digest = hashlib.sha256()
-  files = [path] if os.path.isfile(path) else sorted(
-      f for f in glob.glob(os.path.join(path, "**"), recursive=True) if os.path.isfile(f))
-  for f in files:
-    digest.update(os.path.relpath(f, path if os.path.isdir(path) else os.path.dirname(f)).encode())
-    digest.update(weights_lib.sha256_file(f).encode())
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for name, leaf in sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+    digest.update(a.tobytes())
   return digest.hexdigest()
 
 
@@ -74,8 +77,8 @@ def _encoder_extractor(file: str) -> extractors.Extractor:
 
   def fn(p, images):
     return model.apply({"params": p}, jnp.asarray(images, jnp.float32))
-  return extractors.Extractor("domain_encoder", fn, params, file, _tree_sha256(file),
-                                PREPROCESSING)
+  return extractors.Extractor("domain_encoder", fn, params, file,
+                              weights_lib.sha256_file(file), PREPROCESSING)
 
 
 def _classifier_extractor(path: str) -> extractors.Extractor:
@@ -91,7 +94,7 @@ def _classifier_extractor(path: str) -> extractors.Extractor:
   name = "domain_classifier"
   if isinstance(meta, dict) and meta.get("label"):
     name += f"_{meta['label']}"
-  return extractors.Extractor(name, fn, params, path, _tree_sha256(path), PREPROCESSING)
+  return extractors.Extractor(name, fn, params, path, _params_sha256(params), PREPROCESSING)
 
 
 def domain_extractor(path: str) -> extractors.Extractor:
