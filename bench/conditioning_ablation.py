@@ -113,7 +113,7 @@ def conditioning_rows(config, workdir: str, predict_fn, scales) -> dict:
 
 
 def run_arm(args) -> dict:
-  from solar_ddpm_jax import input_pipeline, train
+  from solar_ddpm_jax import input_pipeline, sample_set, train
   config = make_config(args.preset, args.set, args.seed)
   if args.data_dir:
     config.data.data_dir = args.data_dir
@@ -131,8 +131,8 @@ def run_arm(args) -> dict:
   row = dict(arm=args.name, seed=int(args.seed), preset=args.preset, settings=list(args.set),
              data_dir=config.data.data_dir, judge=judge_path, workdir=workdir,
              train_s=round(train_s, 1), sample_s=round(time.time() - t0, 1),
-             accuracy=accuracy, created_unix_s=time.time(), **guidance_settings(config),
-             command=command_line())
+             accuracy=accuracy, created_unix_s=time.time(),
+             **sample_set.guidance_settings(config.sampling), command=command_line())
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results, "a") as f:
     f.write(json.dumps(row) + "\n")
@@ -195,7 +195,7 @@ def sweep_scores(pred: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def run_sweep(args) -> dict:
-  from solar_ddpm_jax import input_pipeline, sample
+  from solar_ddpm_jax import input_pipeline, sample, sample_set
   from solar_ddpm_jax.classifier import train as classifier_train
   from solar_ddpm_jax.evaluation import fid as fid_lib
   with open(os.path.join(args.workdir, "config.json")) as f:
@@ -213,7 +213,7 @@ def run_sweep(args) -> dict:
   print("judge on real test images", json.dumps(judge_real))
   result = {"workdir": args.workdir, "judge": judge_path, "scales": scales, "rows": {},
             "judge_real": judge_real,
-            **guidance_settings(config),
+            **sample_set.guidance_settings(config.sampling),
             "brightness_real": brightness(real["image"], np.asarray(real["flare_class"])),
             "command": command_line()}
   for w in scales:
@@ -232,12 +232,6 @@ def run_sweep(args) -> dict:
   with open(os.path.splitext(args.figure)[0] + ".json", "w") as f:
     json.dump(result, f, indent=1)
   return result
-
-
-def guidance_settings(config) -> dict:
-  """How guidance was shaped (interval, rescale), as recorded with every result."""
-  return dict(guidance_interval=[float(v) for v in config.sampling.get("guidance_interval", ())],
-              guidance_rescale=float(config.sampling.get("guidance_rescale", 0.0)))
 
 
 def command_line() -> str:

@@ -53,11 +53,18 @@ def settings_tag(cfg, step: int) -> str:
   return tag
 
 
+def guidance_settings(s) -> dict:
+  """How guidance is shaped (the interval of t/T it acts on, the rescale phi), as every result
+  records it; `s` is config.sampling or a dict holding those keys."""
+  return {"guidance_interval": [float(v) for v in s.get("guidance_interval", ())],
+          "guidance_rescale": float(s.get("guidance_rescale", 0.0))}
+
+
 def guidance_note(s) -> str:
   """' on t/T in [lo, hi]' and ', rescaled phi' for a grid's title, where they shape guidance."""
-  interval = tuple(float(v) for v in s.get("guidance_interval", ()))
+  g = guidance_settings(s)
+  interval, rescale = g["guidance_interval"], g["guidance_rescale"]
   note = f" on t/T in [{interval[0]:g}, {interval[1]:g}]" if interval else ""
-  rescale = float(s.get("guidance_rescale", 0.0))
   return note + (f", rescaled {rescale:g}" if rescale else "")
 
 
@@ -105,9 +112,7 @@ class SampleSetWriter:
         "batch_size": int(s.batch_size), "eta": float(s.eta), "ddpm_variance": s.ddpm_variance,
         "clip_x0": bool(s.clip_x0), "use_ema": bool(s.use_ema), "checkpoint_step": step,
         "timesteps": [int(t) for t in samplers.config_timesteps(s)],
-        "guidance_convention": str(s.guidance_convention),
-        "guidance_rescale": float(s.get("guidance_rescale", 0.0)),
-        "guidance_interval": [float(v) for v in s.get("guidance_interval", ())],
+        "guidance_convention": str(s.guidance_convention), **guidance_settings(s),
         "preset": cfg.preset, **outputs.sample_data_settings(cfg.data)}
     self.fits_dir = os.path.join(out_dir, "fits")
     self.batches_dir = os.path.join(out_dir, BATCHES_DIR)

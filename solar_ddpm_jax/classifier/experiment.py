@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import dataset, input_pipeline, outputs
+from solar_ddpm_jax import dataset, input_pipeline, outputs, sample_set
 from solar_ddpm_jax.classifier import metrics as metrics_lib
 from solar_ddpm_jax.classifier import model as model_lib
 from solar_ddpm_jax.classifier import train as train_lib
@@ -247,10 +247,8 @@ def augment_experiment(config, workdir: str) -> dict:
                    "synthetic_sampler": cc.synthetic_sampler,
                    "synthetic_steps": int(cc.synthetic_steps),
                    "synthetic_guidance": float(cc.synthetic_guidance),
-                   "synthetic_guidance_interval": [
-                       float(v) for v in config.sampling.get("guidance_interval", ())],
-                   "synthetic_guidance_rescale": float(
-                       config.sampling.get("guidance_rescale", 0.0)),
+                   **{f"synthetic_{k}": v
+                      for k, v in sample_set.guidance_settings(config.sampling).items()},
                    "diffusion_checkpoint": cc.diffusion_checkpoint or workdir,
                    "diffusion_data": diffusion_data,
                    "split_gap_hours": float(config.data.split_gap_hours),

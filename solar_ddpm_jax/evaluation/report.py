@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import logging
 
-from solar_ddpm_jax import FLARE_CLASSES, dataset, outputs
+from solar_ddpm_jax import FLARE_CLASSES, dataset, outputs, sample_set
 from solar_ddpm_jax.evaluation import clusters, export, physics, render
 from solar_ddpm_jax.evaluation import features as features_lib
 from solar_ddpm_jax.evaluation import fid as fid_lib
@@ -171,8 +171,7 @@ def config_sampling_settings(config) -> dict:
   s = config.sampling
   return dict(sampler=s.sampler, num_steps=int(s.num_steps),
               guidance_scale=float(s.guidance_scale), seed=int(s.seed),
-              guidance_rescale=float(s.get("guidance_rescale", 0.0)),
-              guidance_interval=[float(v) for v in s.get("guidance_interval", ())])
+              **sample_set.guidance_settings(s))
 
 
 def run_report(config, workdir: str, real, fake, *, generate_fn=None,
