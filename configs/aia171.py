@@ -10,7 +10,7 @@ Presets are chosen with the config string, e.g.
               on 2 CPU cores.
   demo_modern the demo with residual scale/shift blocks (the label reaches every block as a
               scale and a shift) and class-balanced batches; follows its class label better
-              (docs/conditioning.md); about half an hour on 2 CPU cores.
+              (docs/conditioning.md); about 10 minutes on 2 CPU cores.
   test        tiny shapes for unit tests (seconds).
   res128, res256, res512   the paper network family at higher resolution (modern residual blocks,
               attention only at <= 32 px, bf16 compute).
